@@ -1,0 +1,22 @@
+"""mlla_mm: MLLA and vision-Mamba backbones with Triton kernels for MMDetection and MMSegmentation.
+
+``import mlla_mm`` imports neither mmdet, mmseg nor triton; ``import mlla_mm.mm`` registers the backbones into the
+MMDetection and MMSegmentation registries (each where that library is installed).
+"""
+import logging
+
+__version__ = '0.1.0'
+
+# Backend choices and checkpoint reports are INFO messages that users should see: give the package logger a
+# handler unless the application configured one.
+_logger = logging.getLogger('mlla_mm')
+if not _logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter('mlla_mm: %(message)s'))
+    _logger.addHandler(_handler)
+    _logger.setLevel(logging.INFO)
+    _logger.propagate = False
+
+from .models import create_model, list_models  # noqa: E402
+
+__all__ = ['__version__', 'create_model', 'list_models']

@@ -1,0 +1,29 @@
+"""OpenMMLab adapters. Importing this module registers the backbones into ``mmdet.registry.MODELS`` and
+``mmseg.registry.MODELS``, each only where that library can be imported.
+
+Configs reach it with ``custom_imports=dict(imports=['mlla_mm.mm'], allow_failed_imports=False)``;
+``tools/train.py`` and ``tools/test.py`` import it themselves.
+"""
+import importlib
+
+from .mlla import MLLABackbone
+
+BACKBONES = {'MLLA': MLLABackbone}
+
+
+def _registries():
+    found = {}
+    for library in ('mmdet', 'mmseg'):
+        try:
+            found[library] = importlib.import_module(f'{library}.registry').MODELS
+        except ImportError:
+            continue
+    return found
+
+
+REGISTERED_IN = _registries()
+for _registry in REGISTERED_IN.values():
+    for _name, _cls in BACKBONES.items():
+        _registry.register_module(name=_name, module=_cls, force=True)
+
+__all__ = ['BACKBONES', 'MLLABackbone', 'REGISTERED_IN']
