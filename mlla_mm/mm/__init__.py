@@ -8,7 +8,16 @@ import importlib
 
 from .mlla import MLLABackbone
 
+# Registered type name -> class.
 BACKBONES = {'MLLA': MLLABackbone}
+
+# Short names (as in `tools/train.py --backbone NAME`) -> backbone config.
+BACKBONE_NAMES = {
+    'mlla_t': dict(type='MLLA', arch='tiny'),
+    'mlla_s': dict(type='MLLA', arch='small'),
+    'mlla_b': dict(type='MLLA', arch='base'),
+    'mlla_test': dict(type='MLLA', arch='test'),
+}
 
 
 def _registries():
@@ -26,4 +35,4 @@ for _registry in REGISTERED_IN.values():
     for _name, _cls in BACKBONES.items():
         _registry.register_module(name=_name, module=_cls, force=True)
 
-__all__ = ['BACKBONES', 'MLLABackbone', 'REGISTERED_IN']
+__all__ = ['BACKBONES', 'BACKBONE_NAMES', 'MLLABackbone', 'REGISTERED_IN']

@@ -1,5 +1,6 @@
 """MLLA as an MMDetection / MMSegmentation backbone (registered as ``MLLA``)."""
 import logging
+import os
 
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -26,7 +27,8 @@ class MLLABackbone(MLLA):
         backend: linear-attention backend ('auto' | 'triton' | 'torch'; None reads MLLA_MM_BACKEND).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an upstream MLLA checkpoint (classification or
             backbone; ``state_dict`` / ``model`` / ``state_dict_ema`` entries or a raw dict). Missing and unexpected
-            keys are reported; it raises when nothing matches or trunk weights are missing.
+            keys are reported; it raises when nothing matches or trunk weights are missing. A missing file is
+            reported loudly and the backbone keeps its random initialisation.
     """
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
@@ -70,6 +72,11 @@ class MLLABackbone(MLLA):
         if cfg.get('type') != 'Pretrained' or 'checkpoint' not in cfg:
             raise ValueError(f"MLLA: init_cfg must be dict(type='Pretrained', checkpoint=PATH), got {self.init_cfg}")
         path = cfg['checkpoint']
+        if not os.path.isfile(path):
+            logger.warning('!' * 100 + '\nMLLA: pretrained checkpoint %r not found: THE BACKBONE STARTS FROM RANDOM '
+                           'WEIGHTS. Download it (README "Pretrained weights") or set '
+                           'model.backbone.init_cfg=None to silence this.\n' + '!' * 100, path)
+            return
         state_dict = checkpoint_filter_fn(read_state_dict(path), self)
         # The output norms are new in a classification checkpoint: they may stay at their initial values.
         load_state_dict_reported(self, state_dict, allowed_missing=tuple(f'norm{i}.' for i in self.out_indices),
