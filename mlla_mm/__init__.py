@@ -7,15 +7,14 @@ import logging
 
 __version__ = '0.1.0'
 
-# Backend choices and checkpoint reports are INFO messages that users should see: give the package logger a
-# handler unless the application configured one.
+# Backend choices and checkpoint reports are INFO messages that users should see: unless the application
+# configured logging itself, give the package logger a handler of its own.
 _logger = logging.getLogger('mlla_mm')
-if not _logger.handlers:
+if not _logger.handlers and not logging.getLogger().handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter('mlla_mm: %(message)s'))
     _logger.addHandler(_handler)
     _logger.setLevel(logging.INFO)
-    _logger.propagate = False
 
 from .models import create_model, list_models  # noqa: E402
 

@@ -1,0 +1,121 @@
+"""The MLLA backbone inside real MMDetection / MMSegmentation models built from the shipped configs."""
+import torch
+from mmengine.config import Config
+from mmengine.hub import get_config
+from mmengine.registry import init_default_scope
+
+import mlla_mm.mm
+from mlla_mm.mm import MLLABackbone
+
+DET_CONFIG = 'configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py'
+SEG_CONFIG = 'configs/mmseg/upernet_mlla-t_8xb2-160k_ade20k-512x512.py'
+
+
+def test_registered_in_both_libraries():
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmseg.registry import MODELS as SEG_MODELS
+    assert set(mlla_mm.mm.REGISTERED_IN) == {'mmdet', 'mmseg'}
+    for registry in (DET_MODELS, SEG_MODELS):
+        backbone = registry.build(dict(type='MLLA', arch='test'))
+        assert isinstance(backbone, MLLABackbone)
+
+
+def _without_scope(value):
+    """Config values without the `_scope_` keys that cross-package inheritance adds."""
+    if isinstance(value, dict):
+        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return [_without_scope(v) for v in value]
+    return value
+
+
+def test_det_config_differs_from_base_only_in_backbone_and_optimizer():
+    cfg = Config.fromfile(DET_CONFIG)
+    base = get_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    assert cfg.model.backbone.type == 'MLLA' and 'depth' not in cfg.model.backbone  # _delete_ worked
+    assert cfg.model.neck.in_channels == [64, 128, 256, 512]
+    assert cfg.model.neck.out_channels == base.model.neck.out_channels
+    for key in ('train_dataloader', 'val_dataloader', 'train_cfg', 'param_scheduler'):
+        assert _without_scope(cfg[key]) == _without_scope(base[key]), key
+    assert _without_scope(cfg.model.roi_head) == _without_scope(base.model.roi_head)
+    assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+
+
+def _det_inputs(size=(128, 160)):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    from mmdet.structures.mask import BitmapMasks
+    sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1.0, 1.0),
+                                         batch_input_shape=size))
+    masks = torch.zeros(1, *size, dtype=torch.uint8)
+    masks[0, 20:80, 30:90] = 1
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[30.0, 20.0, 90.0, 80.0]]),
+                                       labels=torch.tensor([3]), masks=BitmapMasks(masks.numpy(), *size))
+    return dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8)], data_samples=[sample])
+
+
+def test_mask_rcnn_loss_and_predict_step():
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(DET_CONFIG)
+    cfg.model.backbone.update(arch='test', init_cfg=None)
+    cfg.model.neck.in_channels = [32, 64, 128, 256]
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    data = model.data_preprocessor(_det_inputs(), training=True)
+    losses = model(**data, mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k for v in (v if isinstance(v, list) else [v]))
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.layers[0].blocks[0].attn.qk.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(_det_inputs(), training=False), mode='predict')
+    assert 'bboxes' in results[0].pred_instances and 'masks' in results[0].pred_instances
+
+
+def test_upernet_loss_and_predict_step():
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(SEG_CONFIG)
+    cfg.model.backbone.update(arch='test', init_cfg=None)
+    cfg.model.decode_head.in_channels = [32, 64, 128, 256]
+    cfg.model.auxiliary_head.in_channels = 128
+    # SyncBN needs a process group; a single CPU process uses plain BN.
+    cfg.model.decode_head.norm_cfg = cfg.model.auxiliary_head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.data_preprocessor.size = (96, 128)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    size = (96, 128)
+
+    def batch():
+        sample = SegDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, *size)))
+        return dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8)] * 2, data_samples=[sample] * 2)
+
+    losses = model(**model.data_preprocessor(batch(), training=True), mode='loss')
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(batch(), training=False), mode='predict')
+    assert results[0].pred_sem_seg.data.shape == (1, *size)
+
+
+def test_mask_rcnn_mlla_t_forward_at_800x1216():
+    """The foundation's 'done when': stock Mask R-CNN + MLLA-T, one forward on a 1x3x800x1216 input (CPU)."""
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(DET_CONFIG)
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    model.init_weights()
+    with torch.no_grad():
+        feats = model.extract_feat(torch.randn(1, 3, 800, 1216))
+        assert [tuple(f.shape) for f in feats] == [(1, 256, 200 // 2 ** i, 304 // 2 ** i) for i in range(4)] + [
+            (1, 256, 13, 19)]
+        results = model(**model.data_preprocessor(_det_inputs((800, 1216)), training=False), mode='predict')
+    assert results[0].pred_instances.bboxes.shape[-1] == 4
