@@ -7,9 +7,10 @@ Configs reach it with ``custom_imports=dict(imports=['mlla_mm.mm'], allow_failed
 import importlib
 
 from .mlla import MLLABackbone
+from .vmamba import VMambaBackbone
 
 # Registered type name -> class.
-BACKBONES = {'MLLA': MLLABackbone}
+BACKBONES = {'MLLA': MLLABackbone, 'VMamba': VMambaBackbone}
 
 # Short names (as in `tools/train.py --backbone NAME`) -> backbone config.
 BACKBONE_NAMES = {
@@ -17,6 +18,10 @@ BACKBONE_NAMES = {
     'mlla_s': dict(type='MLLA', arch='small'),
     'mlla_b': dict(type='MLLA', arch='base'),
     'mlla_test': dict(type='MLLA', arch='test'),
+    'vmamba_t': dict(type='VMamba', arch='tiny'),
+    'vmamba_s': dict(type='VMamba', arch='small'),
+    'vmamba_b': dict(type='VMamba', arch='base'),
+    'vmamba_test': dict(type='VMamba', arch='test'),
 }
 
 
@@ -35,4 +40,4 @@ for _registry in REGISTERED_IN.values():
     for _name, _cls in BACKBONES.items():
         _registry.register_module(name=_name, module=_cls, force=True)
 
-__all__ = ['BACKBONES', 'BACKBONE_NAMES', 'MLLABackbone', 'REGISTERED_IN']
+__all__ = ['BACKBONES', 'BACKBONE_NAMES', 'MLLABackbone', 'REGISTERED_IN', 'VMambaBackbone']
