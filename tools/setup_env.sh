@@ -90,7 +90,9 @@ else
     mkdir -p "$CACHE_WHEELS"
     MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip wheel --disable-pip-version-check --no-deps \
       --no-build-isolation -v -w "$CACHE_WHEELS" "$src" 2>&1 \
-      | grep --line-buffered -E '^(building|copying|Building|Created|Stored|Successfully)|error' || true
+      | awk '/ -c [^ ]+\.(cpp|cu) / { n++; match($0, /[^ \/]+\.(cpp|cu) /)
+                                        printf "[mmcv build] %d: %s\n", n, substr($0, RSTART, RLENGTH - 1); fflush(); next }
+             /building|Stored|Successfully|[Ee]rror/ { print; fflush() }'
     wheel="$(ls "$CACHE_WHEELS"/mmcv-"$(pinned mmcv)"-*.whl 2>/dev/null | head -n 1 || true)"
     [ -n "$wheel" ] || { echo "setup_env.sh: the mmcv build produced no wheel (see the output above)" >&2; exit 1; }
     rm -rf "$build_dir"
