@@ -40,4 +40,6 @@ for _registry in REGISTERED_IN.values():
     for _name, _cls in BACKBONES.items():
         _registry.register_module(name=_name, module=_cls, force=True)
 
-__all__ = ['BACKBONES', 'BACKBONE_NAMES', 'MLLABackbone', 'REGISTERED_IN', 'VMambaBackbone']
+from .swap import swap_backbone  # noqa: E402  (reads the tables above)
+
+__all__ = ['BACKBONES', 'BACKBONE_NAMES', 'MLLABackbone', 'REGISTERED_IN', 'VMambaBackbone', 'swap_backbone']

@@ -31,6 +31,15 @@ class MLLABackbone(MLLA):
             reported loudly and the backbone keeps its random initialisation.
     """
 
+    # What `swap_backbone` applies to a recipe that takes this backbone (upstream MLLA detection/segmentation
+    # configs): ImageNet RGB normalisation, no weight decay on norm layers, and the AdamW that replaces an SGD
+    # recipe's optimizer, per library.
+    swap_rules = dict(
+        data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+        custom_keys={'norm': dict(decay_mult=0.0)},
+        adamw=dict(mmdet=dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+                   mmseg=dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)))
+
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
                  drop_path_rate=0.1, drop_rate=0.0, in_chans=3, backend=None, init_cfg=None):
         settings = self.arch_settings(arch)
