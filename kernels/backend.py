@@ -46,6 +46,9 @@ def select_backend(op: str, backend, device: torch.device, has_triton: bool = Tr
     if backend == 'torch':
         return _report(op, 'torch', 'requested')
     reason = triton_unavailable_reason(device) if has_triton else 'this op has no Triton kernel yet'
+    if reason is None and backend == 'auto' and device.type != 'cuda':
+        # The interpreter serves explicit backend='triton' (tests); it is far too slow to be picked automatically.
+        reason = f'auto runs Triton on CUDA tensors only, and these are on {device.type}'
     if reason is None:
         return _report(op, 'triton', 'requested' if backend == 'triton' else f'auto, {device.type} tensors')
     if backend == 'triton':
