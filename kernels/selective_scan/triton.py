@@ -1,22 +1,26 @@
 """S6 selective scan in Triton: forward and backward kernels, launchers and the autograd.Function.
 
-One program per (batch, channel) walks the sequence in chunks of BLOCK_L tokens. Inside a chunk the recurrence
-h_t = a_t h_{t-1} + b_t runs as ``tl.associative_scan`` over (a, b) pairs for all states at once ([BLOCK_N, BLOCK_L]
-tiles), seeded with the state carried from the previous chunk; the state stays in float32 whatever the input dtype.
-The forward stores the state entering every chunk ([batch * dim, n_chunks, N], float32, tiny), so the backward can
-recompute h chunk by chunk while it walks the chunks in reverse, running the adjoint recurrence
-g_t = a_{t+1} g_{t+1} + dy_t C_t with a reverse associative scan. dB and dC are sums over the channels of a group:
-float32 atomics into [batch, G, N, L] buffers. dA, dD and d(delta_bias) are per-program partial sums, reduced over
-the batch on the host.
+One program takes BLOCK_D channels of one sample, all in the same B/C group, and walks the sequence in chunks of
+BLOCK_L tokens. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t runs as ``tl.associative_scan`` over (a, b)
+pairs on [BLOCK_D, BLOCK_N, BLOCK_L] tiles, seeded with the state carried from the previous chunk; the state stays
+in float32 whatever the input dtype, and B and C are loaded once for the block's channels. The forward stores the
+state entering every chunk ([batch * dim, n_chunks, N], float32, small), so the backward can recompute h chunk by
+chunk while it walks the chunks in reverse, running the adjoint recurrence g_t = a_{t+1} g_{t+1} + dy_t C_t with a
+reverse associative scan. dB and dC are sums over the channels of a group: summed over the block in registers,
+then float32 atomics into [batch, G, N, L] buffers. dA, dD and d(delta_bias) are per-channel partial sums, reduced
+over the batch on the host.
 
-Sizes (batch, dim, L, N, number of chunks) are runtime arguments; only BLOCK_N = next_pow2(N) and BLOCK_L are
-constexpr, and neither depends on the input size, so a new H x W never recompiles.
+Sizes (batch, dim, L, number of chunks) are runtime arguments. The constexpr block sizes depend only on the model
+(d_state and the group width), never on the input size, so a new H x W never recompiles.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 MAX_D_STATE = 16
+INTERPRETER_BLOCK_L = 32
 
 
 @triton.jit
@@ -40,45 +44,52 @@ def _selective_scan_fwd_kernel(
         u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, d_ptr, bias_ptr, y_ptr, states_ptr,
         dim, dim_per_group, length, n_state, n_chunks,
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
-    pid = tl.program_id(0)  # batch * dim + channel
-    batch = pid // dim
-    channel = pid % dim
-    groups = dim // dim_per_group
-    seq_base = pid.to(tl.int64) * length
-    bc_base = (batch * groups + channel // dim_per_group).to(tl.int64) * n_state * length
-    states_base = pid.to(tl.int64) * n_chunks * n_state
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid = tl.program_id(0)  # batch * (dim / BLOCK_D) + channel block; a block lies inside one B/C group
+    blocks_per_row = dim // BLOCK_D
+    batch = pid // blocks_per_row
+    channels = (pid % blocks_per_row) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows = (batch * dim + channels).to(tl.int64)                                     # [BD] rows of u, delta, y
+    group = (pid % blocks_per_row) * BLOCK_D // dim_per_group
+    bc_base = (batch * (dim // dim_per_group) + group).to(tl.int64) * n_state * length
 
     states = tl.arange(0, BLOCK_N)
-    state_mask = states < n_state
-    a_row = tl.load(a_ptr + channel * n_state + states, mask=state_mask, other=0.0).to(tl.float32)
-    d_skip = tl.load(d_ptr + channel).to(tl.float32) if HAS_D else 0.0
-    bias = tl.load(bias_ptr + channel).to(tl.float32) if HAS_BIAS else 0.0
-    last_column = tl.arange(0, BLOCK_L)[None, :] == BLOCK_L - 1
+    state_mask = states[None, :] < n_state
+    a = tl.load(a_ptr + channels[:, None] * n_state + states[None, :], mask=state_mask, other=0.0)  # [BD, BN]
+    states_offsets = rows[:, None] * n_chunks * n_state + states[None, :]
+    if HAS_D:
+        d_skip = tl.load(d_ptr + channels)[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels)[:, None]
+    else:
+        bias = 0.0
+    last_column = tl.arange(0, BLOCK_L)[None, None, :] == BLOCK_L - 1
 
-    h = tl.zeros([BLOCK_N], dtype=tl.float32)
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for chunk in range(0, n_chunks):
         tokens = chunk * BLOCK_L + tl.arange(0, BLOCK_L)
-        token_mask = tokens < length
-        tile_mask = state_mask[:, None] & token_mask[None, :]
-        tile_offsets = bc_base + states[:, None] * length + tokens[None, :]
-        u = tl.load(u_ptr + seq_base + tokens, mask=token_mask, other=0.0).to(tl.float32)
-        raw = tl.load(delta_ptr + seq_base + tokens, mask=token_mask, other=0.0).to(tl.float32)
+        token_mask = (tokens < length)[None, :]
+        seq_offsets = rows[:, None] * length + tokens[None, :]                          # [BD, BL]
+        bc_offsets = bc_base + states[:, None] * length + tokens[None, :]              # [BN, BL]
+        bc_mask = (states[:, None] < n_state) & token_mask
+        u = tl.load(u_ptr + seq_offsets, mask=token_mask, other=0.0).to(tl.float32)
+        raw = tl.load(delta_ptr + seq_offsets, mask=token_mask, other=0.0).to(tl.float32)
         dt, _ = _delta_to_dt(raw, bias, HAS_BIAS, SOFTPLUS)
         # Padding tokens get dt = 0, i.e. decay 1 and input 0: the identity, so the state passes through.
         dt = tl.where(token_mask, dt, 0.0)
-        b = tl.load(b_ptr + tile_offsets, mask=tile_mask, other=0.0).to(tl.float32)
-        c = tl.load(c_ptr + tile_offsets, mask=tile_mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + bc_offsets, mask=bc_mask, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + bc_offsets, mask=bc_mask, other=0.0).to(tl.float32)
 
-        tl.store(states_ptr + states_base + chunk * n_state + states, h, mask=state_mask)
-        decay = tl.exp(dt[None, :] * a_row[:, None])
-        decay_prefix, h_tile = tl.associative_scan((decay, b * (dt * u)[None, :]), axis=1, combine_fn=_combine)
-        h_tile = h_tile + decay_prefix * h[:, None]
-        y = tl.sum(h_tile * c, axis=0)
+        tl.store(states_ptr + states_offsets + chunk * n_state, h, mask=state_mask)
+        decay = tl.exp(dt[:, None, :] * a[:, :, None])                                  # [BD, BN, BL]
+        decay_prefix, h_tile = tl.associative_scan((decay, b[None, :, :] * (dt * u)[:, None, :]), axis=2,
+                                                   combine_fn=_combine)
+        h_tile = h_tile + decay_prefix * h[:, :, None]
+        y = tl.sum(h_tile * c[None, :, :], axis=1)                                       # [BD, BL]
         if HAS_D:
             y = y + d_skip * u
-        tl.store(y_ptr + seq_base + tokens, y.to(y_ptr.dtype.element_ty), mask=token_mask)
-        h = tl.sum(tl.where(last_column, h_tile, 0.0), axis=1)
+        tl.store(y_ptr + seq_offsets, y.to(y_ptr.dtype.element_ty), mask=token_mask)
+        h = tl.sum(tl.where(last_column, h_tile, 0.0), axis=2)
 
 
 @triton.jit
@@ -87,105 +98,121 @@ def _selective_scan_bwd_kernel(
         du_ptr, ddelta_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, dbias_ptr,
         dim, dim_per_group, length, n_state, n_chunks,
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     pid = tl.program_id(0)
-    batch = pid // dim
-    channel = pid % dim
-    groups = dim // dim_per_group
-    seq_base = pid.to(tl.int64) * length
-    bc_base = (batch * groups + channel // dim_per_group).to(tl.int64) * n_state * length
-    states_base = pid.to(tl.int64) * n_chunks * n_state
+    blocks_per_row = dim // BLOCK_D
+    batch = pid // blocks_per_row
+    channels = (pid % blocks_per_row) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows = (batch * dim + channels).to(tl.int64)
+    group = (pid % blocks_per_row) * BLOCK_D // dim_per_group
+    bc_base = (batch * (dim // dim_per_group) + group).to(tl.int64) * n_state * length
 
     states = tl.arange(0, BLOCK_N)
-    state_mask = states < n_state
-    a_row = tl.load(a_ptr + channel * n_state + states, mask=state_mask, other=0.0).to(tl.float32)
-    d_skip = tl.load(d_ptr + channel).to(tl.float32) if HAS_D else 0.0
-    bias = tl.load(bias_ptr + channel).to(tl.float32) if HAS_BIAS else 0.0
-    first_column = tl.arange(0, BLOCK_L)[None, :] == 0
+    state_mask = states[None, :] < n_state
+    a = tl.load(a_ptr + channels[:, None] * n_state + states[None, :], mask=state_mask, other=0.0)
+    states_offsets = rows[:, None] * n_chunks * n_state + states[None, :]
+    if HAS_D:
+        d_skip = tl.load(d_ptr + channels)[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels)[:, None]
+    else:
+        bias = 0.0
+    first_column = tl.arange(0, BLOCK_L)[None, None, :] == 0
 
-    g_next = tl.zeros([BLOCK_N], dtype=tl.float32)  # dL/dh at the first token of the chunk after this one
-    da_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    dd_acc = tl.zeros([BLOCK_L], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_L], dtype=tl.float32)
+    g_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # dL/dh at the first token of the following chunk
+    da_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dd_acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for step in range(0, n_chunks):
         chunk = n_chunks - 1 - step
         tokens = chunk * BLOCK_L + tl.arange(0, BLOCK_L)
-        token_mask = tokens < length
-        tile_mask = state_mask[:, None] & token_mask[None, :]
-        tile_offsets = bc_base + states[:, None] * length + tokens[None, :]
-        u = tl.load(u_ptr + seq_base + tokens, mask=token_mask, other=0.0).to(tl.float32)
-        raw = tl.load(delta_ptr + seq_base + tokens, mask=token_mask, other=0.0).to(tl.float32)
+        token_mask = (tokens < length)[None, :]
+        seq_offsets = rows[:, None] * length + tokens[None, :]
+        bc_offsets = bc_base + states[:, None] * length + tokens[None, :]
+        bc_mask = (states[:, None] < n_state) & token_mask
+        u = tl.load(u_ptr + seq_offsets, mask=token_mask, other=0.0).to(tl.float32)
+        raw = tl.load(delta_ptr + seq_offsets, mask=token_mask, other=0.0).to(tl.float32)
         dt, pre = _delta_to_dt(raw, bias, HAS_BIAS, SOFTPLUS)
         dt = tl.where(token_mask, dt, 0.0)
-        dy = tl.load(dy_ptr + seq_base + tokens, mask=token_mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + tile_offsets, mask=tile_mask, other=0.0).to(tl.float32)
-        c = tl.load(c_ptr + tile_offsets, mask=tile_mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + seq_offsets, mask=token_mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + bc_offsets, mask=bc_mask, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + bc_offsets, mask=bc_mask, other=0.0).to(tl.float32)
 
         # Recompute h over the chunk from the stored entering state.
-        h0 = tl.load(states_ptr + states_base + chunk * n_state + states, mask=state_mask, other=0.0)
-        inputs = b * (dt * u)[None, :]
-        decay_prefix, h_tile = tl.associative_scan((tl.exp(dt[None, :] * a_row[:, None]), inputs), axis=1,
+        h0 = tl.load(states_ptr + states_offsets + chunk * n_state, mask=state_mask, other=0.0)
+        inputs = b[None, :, :] * (dt * u)[:, None, :]
+        decay_prefix, h_tile = tl.associative_scan((tl.exp(dt[:, None, :] * a[:, :, None]), inputs), axis=2,
                                                    combine_fn=_combine)
-        h_tile = h_tile + decay_prefix * h0[:, None]
+        h_tile = h_tile + decay_prefix * h0[:, :, None]
 
         # Adjoint: g_t = a_{t+1} g_{t+1} + dy_t C_t, with a_{t+1} from the next token's delta (0 past the end).
-        next_tokens = tokens + 1
-        next_mask = next_tokens < length
-        raw_next = tl.load(delta_ptr + seq_base + next_tokens, mask=next_mask, other=0.0).to(tl.float32)
+        next_mask = (tokens + 1 < length)[None, :]
+        raw_next = tl.load(delta_ptr + seq_offsets + 1, mask=next_mask, other=0.0).to(tl.float32)
         dt_next, _ = _delta_to_dt(raw_next, bias, HAS_BIAS, SOFTPLUS)
         dt_next = tl.where(next_mask, dt_next, 0.0)
-        decay_next = tl.exp(dt_next[None, :] * a_row[:, None])
-        suffix_decay, g_tile = tl.associative_scan((decay_next, dy[None, :] * c), axis=1, combine_fn=_combine,
-                                                   reverse=True)
-        g_tile = g_tile + suffix_decay * g_next[:, None]
-        g_next = tl.sum(tl.where(first_column, g_tile, 0.0), axis=1)
+        suffix_decay, g_tile = tl.associative_scan(
+            (tl.exp(dt_next[:, None, :] * a[:, :, None]), dy[:, None, :] * c[None, :, :]), axis=2,
+            combine_fn=_combine, reverse=True)
+        g_tile = g_tile + suffix_decay * g_next[:, :, None]
+        g_next = tl.sum(tl.where(first_column, g_tile, 0.0), axis=2)
 
-        # a_t h_{t-1} = h_t - b_t: the decay gradient without a division by a_t (which may underflow to 0).
+        # a_t h_{t-1} = h_t - input_t: the decay gradient without a division by a_t (which may underflow to 0).
         decayed_state = (h_tile - inputs) * g_tile
-        gb = tl.sum(g_tile * b, axis=0)
+        gb = tl.sum(g_tile * b[None, :, :], axis=1)                                     # [BD, BL]
         du = gb * dt
-        ddt = gb * u + tl.sum(decayed_state * a_row[:, None], axis=0)
-        da_acc += tl.sum(decayed_state * dt[None, :], axis=1)
+        ddt = gb * u + tl.sum(decayed_state * a[:, :, None], axis=1)
+        da_acc += tl.sum(decayed_state * dt[:, None, :], axis=2)
         if HAS_D:
             du += d_skip * dy
             dd_acc += dy * u
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(pre)
         dbias_acc += ddt
-        tl.atomic_add(db_ptr + tile_offsets, g_tile * (dt * u)[None, :], mask=tile_mask)
-        tl.atomic_add(dc_ptr + tile_offsets, dy[None, :] * h_tile, mask=tile_mask)
-        tl.store(du_ptr + seq_base + tokens, du.to(du_ptr.dtype.element_ty), mask=token_mask)
-        tl.store(ddelta_ptr + seq_base + tokens, ddt.to(ddelta_ptr.dtype.element_ty), mask=token_mask)
+        # The block's channels share B and C: sum over them here, then one atomic per (state, token).
+        tl.atomic_add(db_ptr + bc_offsets, tl.sum(g_tile * (dt * u)[:, None, :], axis=0), mask=bc_mask)
+        tl.atomic_add(dc_ptr + bc_offsets, tl.sum(dy[:, None, :] * h_tile, axis=0), mask=bc_mask)
+        tl.store(du_ptr + seq_offsets, du.to(du_ptr.dtype.element_ty), mask=token_mask)
+        tl.store(ddelta_ptr + seq_offsets, ddt.to(ddelta_ptr.dtype.element_ty), mask=token_mask)
 
-    tl.store(da_ptr + pid.to(tl.int64) * n_state + states, da_acc, mask=state_mask)
+    tl.store(da_ptr + rows[:, None] * n_state + states[None, :], da_acc, mask=state_mask)
     if HAS_D:
-        tl.store(dd_ptr + pid, tl.sum(dd_acc, axis=0))
+        tl.store(dd_ptr + rows, tl.sum(dd_acc, axis=1))
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid, tl.sum(dbias_acc, axis=0))
+        tl.store(dbias_ptr + rows, tl.sum(dbias_acc, axis=1))
 
 
-def _blocks(n_state, block_l):
+def _blocks(dim_per_group, n_state, block_l):
     block_n = triton.next_power_of_2(n_state)
-    # About 1024 state elements per tile: long chunks for d_state 1 (VMamba v2), shorter ones for d_state 16.
-    return block_n, block_l or max(64, 1024 // block_n)
+    # Up to 8 channels per program, all in one B/C group (a power of 2 dividing the group size; it depends on the
+    # model width only, never on the input size).
+    block_d = 1
+    while block_d < 8 and dim_per_group % (2 * block_d) == 0:
+        block_d *= 2
+    if block_l is None:
+        # The interpreter runs the scan's combine as a Python loop over the chunk: short chunks keep CPU runs
+        # fast. On a GPU, about 2048 state elements per tile (256 tokens for d_state 1 and 8 channels).
+        interpreted = os.environ.get('TRITON_INTERPRET', '0') == '1'
+        block_l = INTERPRETER_BLOCK_L if interpreted else max(16, 2048 // (block_d * block_n))
+    return dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l)
 
 
-def _launch_args(u, A, B, block_l):
+def _launch_args(u, B, block_l):
     batch, dim, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
-    block_n, block_l = _blocks(n_state, block_l)
-    n_chunks = triton.cdiv(length, block_l)
-    return (batch, dim, length, groups, n_state, n_chunks), dict(BLOCK_N=block_n, BLOCK_L=block_l)
+    blocks = _blocks(dim // groups, n_state, block_l)
+    n_chunks = triton.cdiv(length, blocks['BLOCK_L'])
+    grid = (batch * dim // blocks['BLOCK_D'],)
+    return (batch, dim, length, groups, n_state, n_chunks), grid, blocks
 
 
 class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, output_fp32, block_l):
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-        (batch, dim, length, groups, n_state, n_chunks), blocks = _launch_args(u, A, B, block_l)
+        (batch, dim, length, groups, n_state, n_chunks), grid, blocks = _launch_args(u, B, block_l)
         y = torch.empty_like(u, dtype=torch.float32 if output_fp32 else u.dtype)
         states = torch.empty(batch * dim, n_chunks, n_state, device=u.device, dtype=torch.float32)
-        _selective_scan_fwd_kernel[(batch * dim,)](
+        _selective_scan_fwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, y, states,
             dim, dim // groups, length, n_state, n_chunks,
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, **blocks)
@@ -197,7 +224,7 @@ class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
-        (batch, dim, length, groups, n_state, n_chunks), blocks = _launch_args(u, A, B, ctx.block_l)
+        (batch, dim, length, groups, n_state, n_chunks), grid, blocks = _launch_args(u, B, ctx.block_l)
         dy = dy.contiguous()
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
@@ -206,7 +233,7 @@ class SelectiveScanFunction(torch.autograd.Function):
         dc = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
         dd = torch.empty(batch, dim, device=u.device, dtype=torch.float32) if D is not None else None
         dbias = torch.empty(batch, dim, device=u.device, dtype=torch.float32) if delta_bias is not None else None
-        _selective_scan_bwd_kernel[(batch * dim,)](
+        _selective_scan_bwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A, dy, states,
             du, ddelta, da, db, dc, dd if dd is not None else da, dbias if dbias is not None else da,
             dim, dim // groups, length, n_state, n_chunks,
