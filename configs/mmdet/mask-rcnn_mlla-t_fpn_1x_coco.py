@@ -1,10 +1,12 @@
-# Mask R-CNN with an MLLA-T backbone on COCO, 1x schedule. Only what the backbone requires differs from the base:
-# the backbone, the FPN input channels and upstream MLLA's optimizer (AdamW lr 1e-4, wd 0.05, no decay on norms).
+# Mask R-CNN with an MLLA-T backbone on COCO, 1x schedule (12 epochs, 2 images x 8 GPUs). Only what the backbone
+# requires differs from the base: the backbone, the FPN input channels and upstream MLLA's optimizer (AdamW lr 1e-4,
+# wd 0.05, no decay on norms). Upstream trained its 1x models with the multi-scale crop pipeline of the 3x recipe;
+# this file keeps mmdet's 1x pipeline unchanged.
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
 
-# ImageNet weights from the upstream release (converted or raw; see README "Pretrained weights").
+# ImageNet weights from the upstream release (raw or converted with tools/convert_checkpoint.py; see configs/README.md).
 pretrained = 'checkpoints/MLLA_T.pth'
 
 model = dict(

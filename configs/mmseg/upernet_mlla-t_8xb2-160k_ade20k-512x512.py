@@ -1,10 +1,12 @@
 # UperNet with an MLLA-T backbone on ADE20K, 160k iterations at 512x512, 8 GPUs x 2 images. Only what the
 # backbone requires differs from the base: the backbone, the head input channels and upstream MLLA's optimizer
-# (AdamW lr 6e-5, wd 0.01, no decay on norms, poly with a 1500-iteration linear warm-up).
+# (AdamW lr 6e-5, wd 0.01, no decay on norms, poly with a 1500-iteration linear warm-up). Upstream released only B
+# (drop_path 0.5); T and S use the drop_path of their ImageNet training.
 _base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
 
+# ImageNet weights from the upstream release (raw or converted with tools/convert_checkpoint.py; see configs/README.md).
 pretrained = 'checkpoints/MLLA_T.pth'
 
 model = dict(

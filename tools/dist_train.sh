@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Distributed training with torchrun: tools/dist_train.sh CONFIG GPUS [train.py args...]
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT (defaults 1, 0, 127.0.0.1, 29500) on every node.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 CONFIG GPUS [tools/train.py arguments...]" >&2
+    exit 2
+fi
+CONFIG=$1
+GPUS=$2
+shift 2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+
+PYTHONPATH="$(dirname "$0")/..${PYTHONPATH:+:$PYTHONPATH}" \
+exec python -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$(dirname "$0")/train.py" \
+    "$CONFIG" \
+    --launcher pytorch "$@"
