@@ -80,6 +80,15 @@ def test_any_input_size(size, expected):
         assert model(torch.randn(1, 3, *size)).shape == (1, 10)
 
 
+def test_half_precision_model_keeps_a_float32_scan_output():
+    # The scan returns float32 (upstream's guard against float16 overflow); out_norm must accept it in a .half()
+    # model and hand float16 back to the residual stream.
+    model = create_model('vmamba_test', num_classes=5, backend='torch').half().eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 40).half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
 def test_bad_input_raises_clear_errors():
     model = create_model('vmamba_test')
     with pytest.raises(ValueError, match=r'expects images \[B, 3, H, W\], got shape \(1, 4, 32, 32\)'):

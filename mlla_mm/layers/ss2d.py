@@ -15,10 +15,13 @@ K_GROUPS = 4  # scan routes: row-major, column-major and their reverses
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (keys ``weight``, ``bias``)."""
+    """LayerNorm over the channels of an NCHW map (keys ``weight``, ``bias``), computed in the input's dtype, so
+    the scan's float32 output is normalised in float32 even in a half-precision model."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight.to(x.dtype),
+                         self.bias.to(x.dtype), self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class Linear2d(nn.Linear):
