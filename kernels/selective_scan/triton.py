@@ -208,7 +208,8 @@ def _launch_args(u, B, block_l):
 class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, output_fp32, block_l):
-        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+        D, delta_bias = (t.contiguous() if t is not None else None for t in (D, delta_bias))
         (batch, dim, length, groups, n_state, n_chunks), grid, blocks = _launch_args(u, B, block_l)
         y = torch.empty_like(u, dtype=torch.float32 if output_fp32 else u.dtype)
         states = torch.empty(batch * dim, n_chunks, n_state, device=u.device, dtype=torch.float32)
