@@ -15,7 +15,8 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file path, or mmdet::NAME / mmseg::NAME')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', help='dump the raw predictions to this .pkl file')
-    parser.add_argument('--show-dir', help='save drawn predictions under WORK_DIR/TIMESTAMP/SHOW_DIR')
+    parser.add_argument('--show-dir', help='save drawn predictions under WORK_DIR/TIMESTAMP/SHOW_DIR (mmdet) or '
+                        'WORK_DIR/SHOW_DIR (mmseg); an absolute path is used as it is')
     return add_common_args(parser).parse_args(argv)
 
 
@@ -39,8 +40,8 @@ def main(argv=None):
 
 
 def _enable_drawing(cfg, show_dir):
-    """Turn on the library's visualization hook to save drawn predictions (mmdet: under the hook's test_out_dir;
-    mmseg: under the visualizer's save_dir)."""
+    """Turn on the library's visualization hook to save drawn predictions (mmdet: the hook's test_out_dir, under
+    the run's log folder; mmseg: the visualizer's save_dir, which is taken relative to the current folder)."""
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
         raise ValueError('--show-dir: the config has no default_hooks.visualization hook to draw with')
@@ -49,7 +50,7 @@ def _enable_drawing(cfg, show_dir):
         hook.test_out_dir = show_dir
     else:
         hook.interval = 1
-        cfg.visualizer.save_dir = show_dir
+        cfg.visualizer.save_dir = osp.join(cfg.work_dir, show_dir)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,115 @@
+"""Every config under configs/ loads, builds with its backbone shrunk to the tiny 'test' arch, and trains one step."""
+import glob
+import os
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+
+import mlla_mm.mm  # noqa: F401  registers the backbones
+from mlla_mm.mm.runner import detect_library
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+IMAGE_SIZE = 64
+
+
+def shrink_backbone(cfg, registry):
+    """Set the backbone's arch to 'test' (no pretrained file) and every consumer's in_channels to the channels the
+    tiny backbone really outputs, found by running it once."""
+    backbone = cfg.model.backbone
+    if 'arch' not in backbone:
+        raise AssertionError(f'backbone {backbone.get("type")} has no arch to shrink to the test variant')
+    backbone.arch, backbone.init_cfg = 'test', None
+    with torch.no_grad():
+        outs = registry.build(backbone)(torch.zeros(1, 3, 64, 64))
+    channels = [out.shape[1] for out in outs]
+    if cfg.model.get('neck') is not None:
+        assert len(cfg.model.neck.in_channels) == len(channels), 'neck levels differ from the backbone outputs'
+        cfg.model.neck.in_channels = channels
+    else:
+        for head in (cfg.model.get('decode_head'), cfg.model.get('auxiliary_head')):
+            if head is not None:
+                index = head.in_index
+                head.in_channels = [channels[i] for i in index] if isinstance(index, (list, tuple)) \
+                    else channels[index]
+    return channels
+
+
+def shrink_heads(model_cfg):
+    """Cheaper heads for a CPU step: fewer proposals and sampled RoIs (two-stage detectors), and 32-channel decode /
+    auxiliary heads (segmentors; UperNet's 512 channels dominate the step otherwise)."""
+    for head in (model_cfg.get('decode_head'), model_cfg.get('auxiliary_head')):
+        if head is not None:
+            head.channels = 32
+    train_cfg = model_cfg.get('train_cfg') or {}
+    if 'rpn_proposal' in train_cfg:
+        train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
+    stages = train_cfg.get('rcnn') or []
+    for stage in stages if isinstance(stages, list) else [stages]:
+        stage.sampler.num = 32
+
+
+def detection_batch(num_classes):
+    from mmdet.testing import demo_mm_inputs
+    return demo_mm_inputs(batch_size=2, image_shapes=(3, IMAGE_SIZE, IMAGE_SIZE), num_items=[2, 1],
+                          num_classes=num_classes, with_mask=True)
+
+
+def segmentation_batch(num_classes):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    generator = torch.Generator().manual_seed(0)
+    inputs, samples = [], []
+    for _ in range(2):
+        inputs.append(torch.randint(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), generator=generator, dtype=torch.uint8))
+        sample = SegDataSample(metainfo=dict(img_shape=(IMAGE_SIZE,) * 2, ori_shape=(IMAGE_SIZE,) * 2,
+                                             pad_shape=(IMAGE_SIZE,) * 2))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, IMAGE_SIZE, IMAGE_SIZE),
+                                                         generator=generator))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def num_classes(model_cfg):
+    if 'roi_head' in model_cfg:
+        bbox_head = model_cfg.roi_head.bbox_head
+        return (bbox_head[0] if isinstance(bbox_head, list) else bbox_head).num_classes
+    if 'bbox_head' in model_cfg:
+        return model_cfg.bbox_head.num_classes
+    return model_cfg.decode_head.num_classes
+
+
+def test_configs_found():
+    names = {os.path.relpath(path, ROOT) for path in CONFIGS}
+    assert {'configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py', 'configs/mmseg/upernet_mlla-b_8xb2-160k_ade20k-512x512.py',
+            'configs/demo/mask-rcnn_mlla-test_fpn_demo.py', 'configs/demo/fpn_mlla-test_demo.py'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[os.path.relpath(p, os.path.join(ROOT, 'configs')) for p in CONFIGS])
+def test_config_builds_and_trains_one_step(path):
+    cfg = Config.fromfile(path)
+    library = detect_library(cfg)
+    assert cfg.default_scope == library
+    init_default_scope(library)
+    from mmengine.registry import MODELS
+    channels = shrink_backbone(cfg, MODELS)
+    assert len(channels) == len(cfg.model.backbone.out_indices)
+    shrink_heads(cfg.model)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model.init_weights()
+    model.train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    # The paramwise rule of every recipe: no weight decay on norms.
+    norm_groups = [g for g in optim_wrapper.optimizer.param_groups if g['weight_decay'] == 0]
+    assert norm_groups, 'no parameter group without weight decay (norms)'
+    classes = num_classes(cfg.model)
+    batch = detection_batch(classes) if library == 'mmdet' else segmentation_batch(classes)
+    before = [p.detach().clone() for p in model.backbone.parameters()]
+    losses = model.train_step(batch, optim_wrapper)
+    assert losses and all(torch.isfinite(v).all() for v in losses.values())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.backbone.parameters())), \
+        'the training step did not update the backbone'
