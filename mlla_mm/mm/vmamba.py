@@ -1,15 +1,11 @@
 """VMamba as an MMDetection / MMSegmentation backbone (registered as ``VMamba``)."""
-import logging
-import os
-
 from mlla_mm.layers.ss2d import LayerNorm2d
 from mlla_mm.models.vmamba import VMAMBA_ARCHS, VMamba, checkpoint_filter_fn
-from mlla_mm.utils import load_state_dict_reported, read_state_dict
 
-logger = logging.getLogger('mlla_mm')
+from .base import BackboneAdapter
 
 
-class VMambaBackbone(VMamba):
+class VMambaBackbone(BackboneAdapter, VMamba):
     """Multi-scale VMamba v2 backbone with the state-dict keys of upstream's ``Backbone_VSSM``
     (``patch_embed.*``, ``layers.*``, ``outnorm{i}.*``), so upstream classification and backbone checkpoints load.
 
@@ -32,79 +28,21 @@ class VMambaBackbone(VMamba):
             backbone keeps its random initialisation.
     """
 
-    # What `swap_backbone` applies to a recipe that takes this backbone (upstream VMamba detection/segmentation
-    # configs, which inherit the Swin recipes): ImageNet RGB normalisation, no weight decay on norm layers, and
-    # the AdamW of those recipes, per library.
-    swap_rules = dict(
-        data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
-        custom_keys={'norm': dict(decay_mult=0.0)},
-        adamw=dict(mmdet=dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-                   mmseg=dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)))
+    family = 'VMamba'
+    archs = VMAMBA_ARCHS
+    arch_keys = ('embed_dim', 'depths', 'ssm_ratio')
+    out_norm_prefix = 'outnorm'
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
                  drop_path_rate=0.2, drop_rate=0.0, in_chans=3, backend=None, init_cfg=None):
-        settings = self.arch_settings(arch)
-        num_stages = len(settings['depths'])
-        super().__init__(**settings, drop_rate=drop_rate, drop_path_rate=drop_path_rate, in_chans=in_chans,
-                         num_classes=None, with_cp=with_cp, backend=backend)
-        self.out_indices = tuple(out_indices)
-        if not self.out_indices or any(i not in range(num_stages) for i in self.out_indices):
-            raise ValueError(f'VMamba: out_indices {out_indices} must be a non-empty subset of '
-                             f'{tuple(range(num_stages))}')
-        if frozen_stages not in range(-1, num_stages + 1):
-            raise ValueError(f'VMamba: frozen_stages={frozen_stages} must be in -1..{num_stages}')
-        for i in self.out_indices:
-            self.add_module(f'outnorm{i}', LayerNorm2d(self.num_features[i]))
-        self.out_channels = [self.num_features[i] for i in self.out_indices]
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.init_cfg = init_cfg
-        self._freeze_stages()
+        super().__init__(arch, out_indices, frozen_stages, norm_eval, init_cfg, with_cp=with_cp,
+                         drop_path_rate=drop_path_rate, drop_rate=drop_rate, in_chans=in_chans, backend=backend)
 
     @staticmethod
-    def arch_settings(arch):
-        if isinstance(arch, dict):
-            needed = {'embed_dim', 'depths', 'ssm_ratio'}
-            if not needed <= set(arch):
-                raise ValueError(f'VMamba: an arch dict needs the keys {sorted(needed)}, got {sorted(arch)}')
-            return {k: v for k, v in arch.items() if k != 'drop_path_rate'}
-        if arch not in VMAMBA_ARCHS:
-            raise KeyError(f'VMamba: unknown arch {arch!r}; known archs: {", ".join(VMAMBA_ARCHS)}')
-        return {k: v for k, v in VMAMBA_ARCHS[arch].items() if k != 'drop_path_rate'}
+    def make_out_norm(channels):
+        return LayerNorm2d(channels)
 
     def forward(self, x):
         stages = self.forward_stages(x, last_stage=max(self.out_indices))
-        return tuple(getattr(self, f'outnorm{i}')(stages[i]).contiguous() for i in self.out_indices)
-
-    def init_weights(self):
-        if not self.init_cfg:
-            return
-        cfg = dict(self.init_cfg)
-        if cfg.get('type') != 'Pretrained' or 'checkpoint' not in cfg:
-            raise ValueError(f"VMamba: init_cfg must be dict(type='Pretrained', checkpoint=PATH), got {self.init_cfg}")
-        path = cfg['checkpoint']
-        if not os.path.isfile(path):
-            logger.warning('!' * 100 + '\nVMamba: pretrained checkpoint %r not found: THE BACKBONE STARTS FROM RANDOM '
-                           'WEIGHTS. Download it (README "Pretrained weights") or set '
-                           'model.backbone.init_cfg=None to silence this.\n' + '!' * 100, path)
-            return
-        state_dict = checkpoint_filter_fn(read_state_dict(path), self)
-        # The output norms are new in a classification checkpoint: they may stay at their initial values.
-        load_state_dict_reported(self, state_dict, allowed_missing=tuple(f'outnorm{i}.' for i in self.out_indices),
-                                 source=path)
-
-    def _freeze_stages(self):
-        frozen = [self.patch_embed] if self.frozen_stages >= 0 else []
-        for i in range(self.frozen_stages):
-            frozen.append(self.layers[i])
-            if i in self.out_indices:
-                frozen.append(getattr(self, f'outnorm{i}'))
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode=True):
-        super().train(mode)
-        self._freeze_stages()
-        return self
+        return tuple(self.out_norm(i)(stages[i]).contiguous() for i in self.out_indices)
