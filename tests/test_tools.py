@@ -184,3 +184,24 @@ def test_convert_checkpoint(tmp_path, capsys):
     assert not any(k.startswith(('head.', 'norm.', 'module.')) for k in converted)
     with pytest.raises(CheckpointMismatchError, match='does not fit'):
         main([str(src), str(tmp_path / 'wrong.pth'), '--arch', 'tiny'])
+
+
+def test_train_stock_recipe_with_swapped_backbone(tmp_path, data_root):
+    """Issue 7's 'done when': a stock mmdet recipe trains on the demo data with --backbone, no config written."""
+    coco = f'{data_root}/coco/'
+    classes = '(circle,square,triangle)'
+    data = []
+    for split, folder in (('train', 'train'), ('val', 'val')):
+        loader = f'{split}_dataloader'
+        data += [f'{loader}.dataset.data_root={coco}', f'{loader}.dataset.ann_file=annotations/instances_{split}.json',
+                 f'{loader}.dataset.data_prefix.img={folder}/', f'{loader}.dataset.metainfo.classes={classes}',
+                 f'{loader}.num_workers=0', f'{loader}.persistent_workers=False', f'{loader}.batch_size=2']
+    output = run('tools/train.py', 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', '--backbone', 'mlla_test',
+                 '--work-dir', str(tmp_path / 'work'), '--cfg-options', *data,
+                 'train_dataloader.dataset.filter_cfg.min_size=0',
+                 'train_dataloader.dataset.pipeline.2.scale=(128,128)', 'val_dataloader.dataset.pipeline.1.scale=(128,128)',
+                 f'val_evaluator.ann_file={coco}annotations/instances_val.json', 'model.roi_head.bbox_head.num_classes=3',
+                 'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1')
+    assert 'swap_backbone: model.backbone: MLLA (mlla_test)' in output
+    assert re.search(r'Epoch\(train\)\s+\[1\]\[2/2\]', output), output[-3000:]
+    assert re.search(r'coco/bbox_mAP: -?\d', output), output[-3000:]
