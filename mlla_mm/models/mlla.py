@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mlla_mm.layers import ConvNormAct, DepthwiseConv2d, DropPath, LinearAttention, Mlp
+from mlla_mm.utils import check_images, strip_wrapper_prefixes
 
 from .registry import register_model
 
@@ -175,13 +176,7 @@ class MLLA(nn.Module):
             stage.with_cp = enable
 
     def check_input(self, x: torch.Tensor):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'{type(self).__name__} expects a tensor, got {type(x).__name__}')
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f'{type(self).__name__} expects images [B, {self.in_chans}, H, W], '
-                             f'got shape {tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise TypeError(f'{type(self).__name__} expects floating-point images, got {x.dtype}')
+        check_images(x, self.in_chans, type(self).__name__)
 
     def forward_stages(self, x: torch.Tensor, last_stage: int = None):
         """Images [B, 3, H, W] -> per-stage maps [B, ceil(H/s), ceil(W/s), C_i] at strides s = 4, 8, 16, 32,
@@ -215,9 +210,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     own = model.state_dict()
     kept, rope, classifier = {}, 0, []
     for key, value in state_dict.items():
-        for prefix in ('module.', 'backbone.'):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        key = strip_wrapper_prefixes(key)
         if key.endswith('attn.rope.rotations'):
             rope += 1
         elif (key.startswith('head.') or key.startswith('norm.')) and key not in own:

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mlla_mm.layers import DropPath
 from mlla_mm.layers.ss2d import SS2D, LayerNorm2d, Linear2d, Mlp2d
+from mlla_mm.utils import check_images, strip_wrapper_prefixes
 
 from .registry import register_model
 
@@ -139,13 +140,7 @@ class VMamba(nn.Module):
             stage.with_cp = enable
 
     def check_input(self, x: torch.Tensor):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'{type(self).__name__} expects a tensor, got {type(x).__name__}')
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f'{type(self).__name__} expects images [B, {self.in_chans}, H, W], '
-                             f'got shape {tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise TypeError(f'{type(self).__name__} expects floating-point images, got {x.dtype}')
+        check_images(x, self.in_chans, type(self).__name__)
 
     def forward_stages(self, x: torch.Tensor, last_stage: int = None):
         """Images [B, 3, H, W] -> per-stage maps [B, C_i, ceil(H/s), ceil(W/s)] at strides s = 4, 8, 16, 32
@@ -181,9 +176,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     linear2d = {f'{name}.weight' for name, module in model.named_modules() if isinstance(module, Linear2d)}
     kept, classifier, reshaped = {}, [], 0
     for key, value in state_dict.items():
-        for prefix in ('module.', 'backbone.'):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        key = strip_wrapper_prefixes(key)
         if key.startswith('classifier.') and key not in own:
             classifier.append(key)
             continue

@@ -1,3 +1,5 @@
-from .checkpoint import CheckpointMismatchError, load_state_dict_reported, read_state_dict
+from .checkpoint import CheckpointMismatchError, load_state_dict_reported, read_state_dict, strip_wrapper_prefixes
+from .checks import check_images
 
-__all__ = ['CheckpointMismatchError', 'load_state_dict_reported', 'read_state_dict']
+__all__ = ['CheckpointMismatchError', 'check_images', 'load_state_dict_reported', 'read_state_dict',
+           'strip_wrapper_prefixes']

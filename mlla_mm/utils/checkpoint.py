@@ -8,6 +8,8 @@ import torch
 logger = logging.getLogger('mlla_mm')
 
 STATE_DICT_KEYS = ('state_dict', 'model', 'state_dict_ema')
+# Added by DataParallel wrappers and by detector/segmentor checkpoints around the backbone's own keys.
+WRAPPER_PREFIXES = ('module.', 'backbone.')
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -36,6 +38,13 @@ def read_state_dict(path: str) -> dict:
         return checkpoint
     raise CheckpointMismatchError(f'{path} has none of the entries {STATE_DICT_KEYS} and is not a raw state dict; '
                                   f'top-level keys: {sorted(checkpoint)[:20]}')
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    for prefix in WRAPPER_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
 
 
 def load_state_dict_reported(model: torch.nn.Module, state_dict: dict, allowed_missing=(), source='state dict'):
