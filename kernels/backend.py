@@ -38,14 +38,14 @@ def triton_unavailable_reason(device: torch.device):
     return None
 
 
-def select_backend(op: str, backend, device: torch.device, has_triton: bool = True) -> str:
+def select_backend(op: str, backend, device: torch.device) -> str:
     """Return 'triton' or 'torch' for ``op`` on ``device``; raise where the request cannot be honoured."""
     backend = default_backend() if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f'{op}: backend={backend!r} is not a backend; choose one of {BACKENDS}')
     if backend == 'torch':
         return _report(op, 'torch', 'requested')
-    reason = triton_unavailable_reason(device) if has_triton else 'this op has no Triton kernel yet'
+    reason = triton_unavailable_reason(device)
     if reason is None and backend == 'auto' and device.type != 'cuda':
         # The interpreter serves explicit backend='triton' (tests); it is far too slow to be picked automatically.
         reason = f'auto runs Triton on CUDA tensors only, and these are on {device.type}'

@@ -7,11 +7,6 @@ from .reference import cross_merge_reference, cross_scan_reference
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def has_triton_kernel() -> bool:
-    from importlib.util import find_spec
-    return find_spec(__name__ + '.triton') is not None
-
-
 def _check_tensor(op, name, t, rank, layout):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f'{op}: {name} must be a tensor, got {type(t).__name__}')
@@ -31,7 +26,7 @@ def cross_scan(x, backend=None):
         [B, 4, C, H * W] in x's dtype.
     """
     _check_tensor('cross_scan', 'x', x, 4, '[B, C, H, W]')
-    if select_backend('cross_scan', backend, x.device, has_triton_kernel()) == 'triton':
+    if select_backend('cross_scan', backend, x.device) == 'triton':
         from .triton import cross_scan_triton
         return cross_scan_triton(x)
     return cross_scan_reference(x)
@@ -50,7 +45,7 @@ def cross_merge(y, height, width, backend=None):
     _check_tensor('cross_merge', 'y', y, 4, '[B, 4, C, H * W]')
     if y.shape[1] != 4 or y.shape[3] != height * width:
         raise ValueError(f'cross_merge: y must be [B, 4, C, H * W = {height} * {width}], got shape {tuple(y.shape)}')
-    if select_backend('cross_merge', backend, y.device, has_triton_kernel()) == 'triton':
+    if select_backend('cross_merge', backend, y.device) == 'triton':
         from .triton import cross_merge_triton
         return cross_merge_triton(y, height, width)
     return cross_merge_reference(y, height, width)

@@ -7,11 +7,6 @@ from .reference import linear_attention_reference
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def has_triton_kernel() -> bool:
-    from importlib.util import find_spec
-    return find_spec(__name__ + '.triton') is not None
-
-
 def check_inputs(q, k, v, hw):
     for name, t in (('q', q), ('k', k), ('v', v)):
         if not isinstance(t, torch.Tensor):
@@ -50,7 +45,7 @@ def linear_attention(q, k, v, hw, backend=None):
     """
     check_inputs(q, k, v, hw)
     hw = (int(hw[0]), int(hw[1]))
-    if select_backend('linear_attention', backend, q.device, has_triton_kernel()) == 'triton':
+    if select_backend('linear_attention', backend, q.device) == 'triton':
         from .triton import linear_attention_triton
         return linear_attention_triton(q, k, v, hw)
     return linear_attention_reference(q, k, v, hw)

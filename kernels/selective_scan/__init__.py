@@ -7,11 +7,6 @@ from .reference import selective_scan_reference
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def has_triton_kernel() -> bool:
-    from importlib.util import find_spec
-    return find_spec(__name__ + '.triton') is not None
-
-
 def check_inputs(u, delta, A, B, C, D, delta_bias):
     named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
     for name, t in named.items():
@@ -70,7 +65,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     A = A.float()
     D = D.float() if D is not None else None
     delta_bias = delta_bias.float() if delta_bias is not None else None
-    if select_backend('selective_scan', backend, u.device, has_triton_kernel()) == 'triton':
+    if select_backend('selective_scan', backend, u.device) == 'triton':
         from .triton import selective_scan_triton
         return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, output_fp32)
     return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus, output_fp32).contiguous()
