@@ -179,13 +179,8 @@ def known_subjects():
 def load_config(path: str, cfg_options: dict):
     from mmengine.config import Config
 
-    if path.startswith(('mmdet::', 'mmseg::')):
-        from mmengine.hub import get_config
-        cfg = get_config(path)
-    elif os.path.isfile(path):
-        cfg = Config.fromfile(path)
-    else:
-        raise FileNotFoundError(f'config {path!r} not found')
+    from mlla_mm.mm.runner import resolve_config
+    cfg = Config.fromfile(resolve_config(path))
     cfg.merge_from_dict(cfg_options)
     if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
         raise ValueError(f"config {path!r}: default_scope is {cfg.get('default_scope')!r}; the benchmark builds "

@@ -14,9 +14,9 @@ import sys
 import textwrap
 
 from mmengine.config import Config, DictAction
-from mmengine.hub import get_config
 
 from mlla_mm.mm import BACKBONE_NAMES
+from mlla_mm.mm.runner import resolve_config
 from mlla_mm.mm.swap import swap_changes
 
 WIDTH = 120
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 
 def load_recipe(spec):
-    return get_config(spec) if '::' in spec else Config.fromfile(spec)
+    return Config.fromfile(resolve_config(spec))
 
 
 def base_reference(spec, out):
