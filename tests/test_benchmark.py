@@ -177,7 +177,7 @@ def test_unknown_model_lists_the_known_ones(capsys):
     (['--models', 'convnext_t@torch'], 'convnext_t has no mlla_mm kernels'),
     (['--models', 'mlla_t@fast'], "unknown backend 'fast'"),
     (['--models', 'timm:not_a_timm_model'], "timm has no model 'not_a_timm_model'"),
-    (['--models', 'configs/missing.py'], "config 'configs/missing.py' not found"),
+    (['--models', 'configs/missing.py'], 'config file not found: configs/missing.py'),
     (['--models', 'mlla_test', '--batch', '2', '--pixels-per-batch', '100'], 'not allowed with argument'),
     (['--sizes', '64'], '--models is required'),
 ])
