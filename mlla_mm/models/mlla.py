@@ -5,19 +5,15 @@ checkpoints load by key.
 Activations stay [B, H, W, C] from the stem to the last stage; any input size works (the stem pads to a multiple of 4
 and each downsampling rounds up), and RoPE is computed for the runtime H x W inside the attention op.
 """
-import logging
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mlla_mm.layers import ConvNormAct, DepthwiseConv2d, DropPath, LinearAttention, Mlp
-from mlla_mm.utils import check_images, strip_wrapper_prefixes
+from mlla_mm.utils import check_images, log_report, strip_wrapper_prefixes
 
-from .registry import register_model
-
-logger = logging.getLogger('mlla_mm')
+from .registry import feature_take_indices, pretrained_cfg, register_family, register_model, to_format
 
 # Settings of the released models (reference/mlla.md §1.1); 'test' is a tiny variant for fast CPU tests.
 MLLA_ARCHS = {
@@ -126,13 +122,12 @@ class MLLAStage(nn.Module):
 
 
 class MLLA(nn.Module):
-    """MLLA trunk with an optional ImageNet head.
+    """MLLA with an ImageNet head.
 
     Args:
         embed_dim: channels of stage 1; stage i has embed_dim * 2**i.
         depths, num_heads: per stage.
-        num_classes: classifier size; 0 keeps the final norm and pooling without a classifier; None builds the
-            trunk only (no ``norm`` / ``head``), as the detection/segmentation backbone does.
+        num_classes: classifier size; 0 keeps the final norm and pooling with an Identity head.
         with_cp: gradient checkpointing per block.
         backend: linear-attention backend ('auto' | 'triton' | 'torch'; None reads MLLA_MM_BACKEND).
     """
@@ -143,21 +138,22 @@ class MLLA(nn.Module):
         if len(depths) != len(num_heads):
             raise ValueError(f'MLLA: depths {depths} and num_heads {num_heads} differ in length')
         self.in_chans = in_chans
-        self.num_stages = len(depths)
-        self.num_features = [embed_dim * 2 ** i for i in range(self.num_stages)]
+        self.num_classes = num_classes
+        dims = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.num_features = dims[-1]
         self.patch_embed = Stem(in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
-        for i in range(self.num_stages):
+        self.feature_info = []
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
             first = sum(depths[:i])
             self.layers.append(MLLAStage(
-                self.num_features[i], depths[i], num_heads[i], mlp_ratio, qkv_bias, drop_rate,
-                rates[first:first + depths[i]], downsample=i < self.num_stages - 1, backend=backend))
-        self.num_classes = num_classes
-        if num_classes is not None:
-            self.norm = nn.LayerNorm(self.num_features[-1])
-            self.head = nn.Linear(self.num_features[-1], num_classes) if num_classes > 0 else nn.Identity()
+                dim, depth, num_heads[i], mlp_ratio, qkv_bias, drop_rate, rates[first:first + depth],
+                downsample=i < len(depths) - 1, backend=backend))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'layers.{i}'))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.set_grad_checkpointing(with_cp)
         self.apply(self._init_weights)
 
@@ -175,29 +171,58 @@ class MLLA(nn.Module):
         for stage in self.layers:
             stage.with_cp = enable
 
-    def check_input(self, x: torch.Tensor):
-        check_images(x, self.in_chans, type(self).__name__)
+    def no_weight_decay(self):
+        return set()
 
-    def forward_stages(self, x: torch.Tensor, last_stage: int = None):
-        """Images [B, 3, H, W] -> per-stage maps [B, ceil(H/s), ceil(W/s), C_i] at strides s = 4, 8, 16, 32,
-        taken before downsampling; stops after ``last_stage`` when given."""
-        self.check_input(x)
+    def stage_prefixes(self):
+        return [('patch_embed.',)] + [(f'layers.{i}.',) for i in range(len(self.layers))]
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Per-stage maps taken before downsampling, [B, C_i, ceil(H/s), ceil(W/s)] at strides s = 4, 8, 16, 32
+        (NHWC with output_fmt='NHWC'); see models/README.md."""
+        check_images(x, self.in_chans, type(self).__name__)
+        take = feature_take_indices(len(self.layers), indices)
+        last = max(take) if stop_early else len(self.layers) - 1
         x = self.pos_drop(self.patch_embed(x))
-        outputs = []
-        for stage in self.layers[:None if last_stage is None else last_stage + 1]:
+        intermediates = []
+        for i, stage in enumerate(self.layers[:last + 1]):
             out, x = stage(x)
-            outputs.append(out)
-        return outputs
+            if i in take:
+                out = self.norm(out) if norm and i == len(self.layers) - 1 else out
+                intermediates.append(to_format(out, 'NHWC', output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self.norm(out), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        take = feature_take_indices(len(self.layers), indices)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)[-1]
+        """Images [B, 3, H, W] -> the normalised last-stage map [B, H/32, W/32, C] (channels-last)."""
+        check_images(x, self.in_chans, type(self).__name__)
+        x = self.pos_drop(self.patch_embed(x))
+        for stage in self.layers:
+            out, x = stage(x)
+        return self.norm(out)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x).mean(dim=(1, 2)))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_classes is None:
-            raise RuntimeError('this MLLA was built without a head (num_classes=None); use forward_stages()')
         return self.forward_head(self.forward_features(x))
 
 
@@ -218,11 +243,20 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         else:
             kept[key] = value
     if rope:
-        logger.info('checkpoint: dropped %d RoPE tables (attn.rope.rotations); they are computed per input size',
-                    rope)
+        log_report(f'checkpoint: dropped {rope} RoPE tables (attn.rope.rotations); they are computed per input size')
     if classifier:
-        logger.info('checkpoint: skipped the classifier keys %s (not part of this model)', classifier)
+        log_report(f'checkpoint: skipped the classifier keys {classifier} (not part of this model)')
     return kept
+
+
+# The released ImageNet-1K checkpoints (LeapLabTHU/MLLA README: Tsinghua Cloud links; weights under 'model', EMA
+# under 'state_dict_ema').
+_RELEASE = 'https://github.com/LeapLabTHU/MLLA#results-and-models'
+default_cfgs = {
+    'mlla_t': pretrained_cfg('MLLA_T.pth', _RELEASE),
+    'mlla_s': pretrained_cfg('MLLA_S.pth', _RELEASE),
+    'mlla_b': pretrained_cfg('MLLA_B.pth', _RELEASE),
+}
 
 
 def _create_mlla(arch: str, **kwargs) -> MLLA:
@@ -251,3 +285,7 @@ def mlla_b(**kwargs) -> MLLA:
 def mlla_test(**kwargs) -> MLLA:
     """A tiny MLLA (embed 32, one block per stage) for fast CPU tests; not a released model."""
     return _create_mlla('test', **kwargs)
+
+
+register_family('MLLA', MLLA, archs=dict(tiny='mlla_t', small='mlla_s', base='mlla_b', test='mlla_test'),
+                checkpoint_filter=checkpoint_filter_fn, out_norm='norm', mm_defaults=dict(drop_path_rate=0.1))

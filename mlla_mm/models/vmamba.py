@@ -5,7 +5,6 @@ Released v2 settings (reference/vmamba.md §1.7): SS2D ``v05_noz``, d_state 1, c
 v2, downsampling v3, MLP ratio 4. Activations stay [B, C, H, W]; any input size works (each stride-2 conv rounds up),
 and the scans flatten whatever H x W they receive.
 """
-import logging
 from collections import OrderedDict
 
 import torch
@@ -14,11 +13,9 @@ from torch.utils.checkpoint import checkpoint
 
 from mlla_mm.layers import DropPath
 from mlla_mm.layers.ss2d import SS2D, LayerNorm2d, Linear2d, Mlp2d
-from mlla_mm.utils import check_images, strip_wrapper_prefixes
+from mlla_mm.utils import check_images, log_report, strip_wrapper_prefixes
 
-from .registry import register_model
-
-logger = logging.getLogger('mlla_mm')
+from .registry import feature_take_indices, pretrained_cfg, register_family, register_model, to_format
 
 # Settings of the released v2 models; 'test' is a tiny variant for fast CPU tests.
 VMAMBA_ARCHS = {
@@ -83,7 +80,7 @@ class VSSStage(nn.Sequential):
 
 
 class VMamba(nn.Module):
-    """VMamba v2 trunk with an optional ImageNet head.
+    """VMamba v2 with an ImageNet head (``classifier``: norm -> pool -> head, as upstream).
 
     Args:
         embed_dim: channels of stage 1; stage i has embed_dim * 2**i.
@@ -91,8 +88,7 @@ class VMamba(nn.Module):
         d_state: SSM state size (1 in the released models).
         ssm_ratio: SS2D expansion d_inner / C.
         mlp_ratio: MLP hidden / C.
-        num_classes: classifier size; 0 keeps the final norm and pooling without a classifier; None builds the
-            trunk only (no ``classifier``), as the detection/segmentation backbone does.
+        num_classes: classifier size; 0 keeps the final norm and pooling with an Identity head.
         with_cp: gradient checkpointing per block.
         backend: scan-kernel backend ('auto' | 'triton' | 'torch'; None reads MLLA_MM_BACKEND).
     """
@@ -101,25 +97,25 @@ class VMamba(nn.Module):
                  drop_path_rate=0.2, in_chans=3, num_classes=1000, with_cp=False, backend=None):
         super().__init__()
         self.in_chans = in_chans
-        self.num_stages = len(depths)
-        self.num_features = [embed_dim * 2 ** i for i in range(self.num_stages)]
+        self.num_classes = num_classes
+        dims = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.num_features = dims[-1]
         self.patch_embed = patch_embed_v2(in_chans, embed_dim)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
-        for i in range(self.num_stages):
+        self.feature_info = []
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
             first = sum(depths[:i])
-            last = i == self.num_stages - 1
+            last = i == len(depths) - 1
             self.layers.append(VSSStage(
-                self.num_features[i], None if last else self.num_features[i + 1], depths[i],
-                rates[first:first + depths[i]], d_state, ssm_ratio, mlp_ratio, drop_rate, downsample=not last,
-                backend=backend))
-        self.num_classes = num_classes
-        if num_classes is not None:
-            self.classifier = nn.Sequential(OrderedDict(
-                norm=LayerNorm2d(self.num_features[-1]),
-                avgpool=nn.AdaptiveAvgPool2d(1),
-                flatten=nn.Flatten(1),
-                head=nn.Linear(self.num_features[-1], num_classes) if num_classes > 0 else nn.Identity()))
+                dim, None if last else dims[i + 1], depth, rates[first:first + depth], d_state, ssm_ratio,
+                mlp_ratio, drop_rate, downsample=not last, backend=backend))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'layers.{i}'))
+        self.classifier = nn.Sequential(OrderedDict(
+            norm=LayerNorm2d(self.num_features),
+            avgpool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(1),
+            head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()))
         self.set_grad_checkpointing(with_cp)
         self.apply(self._init_weights)
 
@@ -139,29 +135,59 @@ class VMamba(nn.Module):
         for stage in self.layers:
             stage.with_cp = enable
 
-    def check_input(self, x: torch.Tensor):
-        check_images(x, self.in_chans, type(self).__name__)
+    def no_weight_decay(self):
+        # Upstream's SS2D marks its A_logs and Ds (the SSM's decay and skip) as no-decay.
+        return {name for name, _ in self.named_parameters() if name.endswith(('A_logs', 'Ds'))}
 
-    def forward_stages(self, x: torch.Tensor, last_stage: int = None):
-        """Images [B, 3, H, W] -> per-stage maps [B, C_i, ceil(H/s), ceil(W/s)] at strides s = 4, 8, 16, 32
-        (each stride-2 conv rounds up), taken before downsampling; stops after ``last_stage`` when given."""
-        self.check_input(x)
+    def stage_prefixes(self):
+        return [('patch_embed.',)] + [(f'layers.{i}.',) for i in range(len(self.layers))]
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Per-stage maps taken before downsampling, [B, C_i, ceil(H/s), ceil(W/s)] at strides s = 4, 8, 16, 32
+        (each stride-2 conv rounds up; NHWC with output_fmt='NHWC'); see models/README.md."""
+        check_images(x, self.in_chans, type(self).__name__)
+        take = feature_take_indices(len(self.layers), indices)
+        last = max(take) if stop_early else len(self.layers) - 1
         x = self.patch_embed(x)
-        outputs = []
-        for stage in self.layers[:None if last_stage is None else last_stage + 1]:
+        intermediates = []
+        for i, stage in enumerate(self.layers[:last + 1]):
             out, x = stage(x)
-            outputs.append(out)
-        return outputs
+            if i in take:
+                out = self.classifier.norm(out) if norm and i == len(self.layers) - 1 else out
+                intermediates.append(to_format(out, 'NCHW', output_fmt))
+        if intermediates_only:
+            return intermediates
+        return out, intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        take = feature_take_indices(len(self.layers), indices)
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)[-1]
+        """Images [B, 3, H, W] -> the last-stage map [B, C, H/32, W/32] (before the classifier's norm)."""
+        check_images(x, self.in_chans, type(self).__name__)
+        x = self.patch_embed(x)
+        for stage in self.layers:
+            out, x = stage(x)
+        return out
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.classifier.flatten(self.classifier.avgpool(self.classifier.norm(x)))
+        return x if pre_logits else self.classifier.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_classes is None:
-            raise RuntimeError('this VMamba was built without a head (num_classes=None); use forward_stages()')
         return self.forward_head(self.forward_features(x))
 
 
@@ -185,10 +211,19 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
             reshaped += 1
         kept[key] = value
     if reshaped:
-        logger.info('checkpoint: reshaped %d 1x1-conv weights to Linear2d [out, in]', reshaped)
+        log_report(f'checkpoint: reshaped {reshaped} 1x1-conv weights to Linear2d [out, in]')
     if classifier:
-        logger.info('checkpoint: skipped the classifier keys %s (not part of this model)', classifier)
+        log_report(f'checkpoint: skipped the classifier keys {classifier} (not part of this model)')
     return kept
+
+
+# The released v2 ImageNet-1K checkpoints (MzeroMiko/VMamba README, GitHub release assets; weights under 'model').
+_RELEASE = 'https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/'
+default_cfgs = {
+    'vmamba_t': pretrained_cfg('vssm1_tiny_0230s_ckpt_epoch_264.pth', _RELEASE + 'vssm1_tiny_0230s_ckpt_epoch_264.pth'),
+    'vmamba_s': pretrained_cfg('vssm_small_0229_ckpt_epoch_222.pth', _RELEASE + 'vssm_small_0229_ckpt_epoch_222.pth'),
+    'vmamba_b': pretrained_cfg('vssm_base_0229_ckpt_epoch_237.pth', _RELEASE + 'vssm_base_0229_ckpt_epoch_237.pth'),
+}
 
 
 def _create_vmamba(arch: str, **kwargs) -> VMamba:
@@ -217,3 +252,7 @@ def vmamba_b(**kwargs) -> VMamba:
 def vmamba_test(**kwargs) -> VMamba:
     """A tiny VMamba (embed 16, depths 1-1-2-1, ssm_ratio 2) for fast CPU tests; not a released model."""
     return _create_vmamba('test', **kwargs)
+
+
+register_family('VMamba', VMamba, archs=dict(tiny='vmamba_t', small='vmamba_s', base='vmamba_b', test='vmamba_test'),
+                checkpoint_filter=checkpoint_filter_fn, out_norm='outnorm', mm_defaults=dict(drop_path_rate=0.2))

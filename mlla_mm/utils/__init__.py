@@ -1,5 +1,6 @@
-from .checkpoint import CheckpointMismatchError, load_state_dict_reported, read_state_dict, strip_wrapper_prefixes
+from .checkpoint import (CheckpointMismatchError, CheckpointReadError, load_checkpoint, load_state_dict_reported,
+                         log_report, read_checkpoint, read_state_dict, strip_wrapper_prefixes)
 from .checks import check_images
 
-__all__ = ['CheckpointMismatchError', 'check_images', 'load_state_dict_reported', 'read_state_dict',
-           'strip_wrapper_prefixes']
+__all__ = ['CheckpointMismatchError', 'CheckpointReadError', 'check_images', 'load_checkpoint',
+           'load_state_dict_reported', 'log_report', 'read_checkpoint', 'read_state_dict', 'strip_wrapper_prefixes']
