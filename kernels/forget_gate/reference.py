@@ -1,0 +1,132 @@
+"""Gated linear attention with a data-dependent decay (the MLLA paper's forget gate) in plain PyTorch.
+
+Per batch b and head h, along a 1-D token order t = 1..N, with a log-decay g_t <= 0 per key channel:
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t          S_t: [Dk, Dv], S_0 = 0
+    o_t = scale * q_t S_t
+which is the masked form o_i = scale * sum_{j<=i} sum_n q_in k_jn exp(b_in - b_jn) v_j with b the inclusive cumsum
+of g. No feature map and no normaliser are applied (see ``forget_gate_attention`` for how to get a denominator).
+
+``chunked_forget_gate`` is the 'torch' backend: chunks of CHUNK tokens, everything vectorised over batch, heads and
+chunks. Inside a chunk the decays are exp(b_i - b_j) of a chunk-local cumsum, formed as differences before the exp;
+across chunks the states pass through a log-depth (Hillis-Steele) scan that only ever multiplies by decays <= 1.
+Why: ../shared/reference/mlla_ablations.md section 4.4 -- at the paper's shallow-layer forget ~0.2 (g ~ -1.61) a
+64-token span gives e^{+103}, which overflows float32, if exp(b_i - b_j) is factored as e^{b_i} e^{-b_j}; and a
+global cumsum over a COCO stage-1 sequence (~60k tokens) reaches ~ -1e5, where float32 has no digits left for the
+differences. So: cumulative decays in float32, chunk-local, and only exponents <= 0.
+
+``apply_directions`` builds the bidirectional and 4-direction variants out of any causal core (this one or the
+Triton kernel): the routes are stacked along the batch, run through one causal call, mapped back and summed.
+``naive_recurrence`` is the token-by-token definition above; tests use it as the oracle, nothing else should.
+"""
+import torch
+import torch.nn.functional as F
+
+CHUNK = 16
+DIRECTIONS = ('causal', 'bidirectional', '4-direction')
+
+
+def naive_recurrence(q, k, v, g, scale=1.0):
+    """The recurrence token by token in float32 (test oracle only). q, k, g: [B, N, H, Dk]; v: [B, N, H, Dv]."""
+    batch, tokens, heads, dim_k = q.shape
+    q, k, v, g = (t.float() for t in (q, k, v, g))
+    state = q.new_zeros(batch, heads, dim_k, v.shape[-1])
+    outputs = []
+    for t in range(tokens):
+        state = g[:, t].exp()[..., None] * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outputs.append(scale * torch.einsum('bhk,bhkv->bhv', q[:, t], state))
+    return torch.stack(outputs, dim=1)
+
+
+def _scan_states(local, log_decay):
+    """Inclusive scan S_c = exp(log_decay_c) * S_{c-1} + local_c over dim 2 (the chunks), in log2(chunks) steps.
+
+    local: [B, H, C, Dk, Dv]; log_decay: [B, H, C, Dk] (<= 0). Each step combines every chunk with the one 2^s
+    before it: the decay of the span is a sum of log-decays (<= 0), so the factor exp(.) is <= 1 and never overflows.
+    """
+    chunks = local.shape[2]
+    step = 1
+    while step < chunks:
+        earlier = F.pad(local[:, :, :-step], (0, 0, 0, 0, step, 0))
+        earlier_decay = F.pad(log_decay[:, :, :-step], (0, 0, step, 0))
+        local = local + log_decay.exp()[..., None] * earlier
+        log_decay = log_decay + earlier_decay
+        step *= 2
+    return local
+
+
+def chunked_forget_gate(q, k, v, g, scale=1.0):
+    """The causal recurrence, chunked and vectorised. q, k, g: [B, N, H, Dk]; v: [B, N, H, Dv].
+
+    Returns float32 [B, N, H, Dv]. Differentiable by autograd.
+    """
+    batch, tokens, heads, dim_k = q.shape
+    dim_v = v.shape[-1]
+    chunks = -(-tokens // CHUNK)
+    pad = chunks * CHUNK - tokens
+
+    def split(x):
+        # Padding tokens at the end (k = v = q = 0, g = 0) come after every real token, so they change nothing.
+        x = F.pad(x.float(), (0, 0, 0, 0, 0, pad))
+        return x.view(batch, chunks, CHUNK, heads, x.shape[-1]).permute(0, 3, 1, 2, 4)  # [B, H, C, T, D]
+
+    q, k, v, g = split(q), split(k), split(v), split(g)
+    b = g.cumsum(dim=3)                                                       # chunk-local, fp32, <= 0
+    b_last = b[:, :, :, -1]                                                   # [B, H, C, Dk]
+
+    causal = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=q.device).tril()[..., None]
+    difference = b[..., :, None, :] - b[..., None, :, :]                      # b_i - b_j: [B, H, C, T, T, Dk]
+    decay = torch.where(causal, difference, torch.full_like(difference, -float('inf'))).exp()
+    scores = torch.einsum('bhcin,bhcjn,bhcijn->bhcij', q, k, decay)
+    out = scores @ v
+
+    local = (k * (b_last[:, :, :, None] - b).exp()).transpose(-1, -2) @ v      # [B, H, C, Dk, Dv]
+    states = _scan_states(local, b_last)                                      # state after each chunk
+    entering = F.pad(states[:, :, :-1], (0, 0, 0, 0, 1, 0))                   # state before each chunk
+    out = out + (q * b.exp()) @ entering
+    out = scale * out.permute(0, 2, 3, 1, 4).reshape(batch, chunks * CHUNK, heads, dim_v)
+    return out[:, :tokens]
+
+
+def _shift_gates(g):
+    """Gates for a reversed route: step t applies the gate of the token crossed in the forward route, g[t - 1]."""
+    return F.pad(g[:, :-1], (0, 0, 0, 0, 1, 0))
+
+
+def apply_directions(causal_core, q, k, v, g, scale, direction, hw):
+    """Run ``direction`` through ``causal_core(q, k, v, g, scale, fp32_output)`` (one call, routes in the batch).
+
+    Reversed routes use gates shifted by one, so each (route, reversed route) pair has the symmetric decay
+    exp(-|b_i - b_j|); the current token's term scale * (q_i . k_i) v_i is then subtracted so that it counts once.
+    """
+    if direction == 'causal':
+        return causal_core(q, k, v, g, scale, False)
+    batch, tokens, heads, _ = q.shape
+    if direction == 'bidirectional':
+        routes = [lambda x: x, lambda x: x.flip(1)]
+        unroute = routes
+    else:
+        height, width = hw
+
+        def column_major(x):
+            return x.unflatten(1, (height, width)).transpose(1, 2).flatten(1, 2)
+
+        def from_column_major(x):
+            return x.unflatten(1, (width, height)).transpose(1, 2).flatten(1, 2)
+
+        routes = [lambda x: x, column_major, lambda x: x.flip(1), lambda x: column_major(x).flip(1)]
+        unroute = [lambda x: x, from_column_major, lambda x: x.flip(1), lambda x: from_column_major(x.flip(1))]
+    reversed_route = [False, False, True, True] if len(routes) == 4 else [False, True]
+    stacked = [torch.cat([route(x) for route in routes]) for x in (q, k, v)]
+    gates = torch.cat([_shift_gates(route(g)) if rev else route(g) for route, rev in zip(routes, reversed_route)])
+    out = causal_core(*stacked, gates, scale, True).split(batch)
+    out = sum(back(o) for back, o in zip(unroute, out))
+    current = scale * (q.float() * k.float()).sum(-1, keepdim=True) * v.float()
+    return (out - (len(routes) - 1) * current).to(v.dtype)
+
+
+def forget_gate_reference(q, k, v, g, scale=1.0, direction='causal', hw=None):
+    """The 'torch' backend; same arguments and result as ``forget_gate_attention`` (without the checks)."""
+    def core(q, k, v, g, scale, fp32_output):
+        out = chunked_forget_gate(q, k, v, g, scale)
+        return out if fp32_output else out.to(v.dtype)
+    return apply_directions(core, q, k, v, g, scale, direction, hw)
