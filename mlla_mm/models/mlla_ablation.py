@@ -55,8 +55,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mlla_mm.kernels.forget_gate.reference import forget_gate_reference
-from mlla_mm.kernels.linear_attention.reference import linear_attention_reference
+from mlla_mm.kernels import linear_attention
+from mlla_mm.kernels.forget_gate import forget_gate_attention
 from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp
 
 from .mlla import MLLA, MLLA_ARCHS, MLLAStage, PatchMerging, Stem, checkpoint_filter_fn
@@ -211,9 +211,10 @@ class AblationAttention(nn.Module):
         if cfg.input_gate:
             gate = F.softplus(self.gate_up(self.gate_down(t)) + self.gate_bias).reshape(heads_view)
         if cfg.forget_gate == 'none':
-            out = linear_attention_reference(
+            out = linear_attention(
                 qk.reshape(batch, tokens, -1), v.reshape(heads_view), (height, width), feature_map='elu',
-                rope='rope' in cfg.pos, norm=cfg.attn_norm, gate=gate, shared_qk=cfg.heads == 'single')
+                rope='rope' in cfg.pos, norm=cfg.attn_norm, gate=None if gate is None else gate.to(v.dtype),
+                shared_qk=cfg.heads == 'single', backend=self.backend)
         else:
             out = self._forget_gate_attention(t, qk, v.reshape(heads_view), gate, (height, width))
         out = out.reshape(batch, height, width, channels)
@@ -235,8 +236,7 @@ class AblationAttention(nn.Module):
         u = v.float() if gate is None else v.float() * gate.float()
         if self.cfg.attn_norm == 'denominator':                        # Q_i Z_i, decayed as S_i, in the last column
             u = torch.cat([u, u.new_ones(batch, tokens, heads, 1)], dim=-1)
-        out = forget_gate_reference(q.contiguous(), k.contiguous(), u.contiguous(), g.contiguous(),
-                                    direction=self.cfg.forget_gate, hw=hw)
+        out = forget_gate_attention(q, k, u, g, direction=self.cfg.forget_gate, hw=hw, backend=self.backend)
         if self.cfg.attn_norm == 'denominator':
             out = out[..., :-1] / (out[..., -1:] + EPS)
         elif self.cfg.attn_norm == 'mean':

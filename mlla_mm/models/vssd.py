@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mlla_mm.kernels.linear_attention.reference import linear_attention_reference
+from mlla_mm.kernels import linear_attention
 from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp
 from mlla_mm.utils import log_report, strip_wrapper_prefixes
 
@@ -84,10 +84,10 @@ class NCSSD(nn.Module):
         xbc = F.silu(self.conv2d(xbc)).reshape(batch, tokens, -1)
         values, keys_queries = xbc.split([self.inner, 2 * self.d_state], dim=-1)   # B (keys) then C (queries)
         scale = F.softplus(dt + self.dt_bias) * self.A_log.exp()                   # s_{l,h} > 0
-        y = linear_attention_reference(
+        y = linear_attention(
             keys_queries, values.reshape(batch, tokens, self.num_heads, -1), (height, width), feature_map='none',
-            rope=False, norm='none', gate=scale.reshape(batch, tokens, self.num_heads), shortcut=self.D,
-            shared_qk=True, qk_order='kq')
+            rope=False, norm='none', gate=scale.to(values.dtype), shortcut=self.D, shared_qk=True, qk_order='kq',
+            backend=self.backend)
         return self.out_proj(self.norm(y.reshape(batch, height, width, self.inner)) * z)
 
     def extra_repr(self) -> str:
