@@ -189,3 +189,71 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match='Dk, Dv <= 128, got Dk=129'):
         big = torch.randn(1, 4, 1, 129)
         forget_gate_attention(big, big, big, -big.abs(), backend='triton')
+
+
+COMPILE_FOR_SM90 = """
+import inspect
+from triton import compile as triton_compile
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mlla_mm.kernels.forget_gate import triton as forget_gate_triton
+
+LOW_PRECISION = {'q_ptr', 'k_ptr', 'v_ptr', 'o_ptr', 'do_ptr', 'dq_ptr', 'dk_ptr', 'dv_ptr'}
+
+def build(kernel, dtype, constexprs, num_warps):
+    signature = {}
+    for name in inspect.signature(kernel.fn).parameters:
+        if name in constexprs:
+            signature[name] = 'constexpr'
+        elif name.endswith('_ptr'):
+            signature[name] = '*' + dtype if name in LOW_PRECISION else '*fp32'
+        else:
+            signature[name] = 'fp32' if name == 'scale' else 'i32'  # runtime sizes
+    compiled = triton_compile(ASTSource(kernel, signature, constexprs), target=GPUTarget('cuda', 90, 32),
+                              options=dict(num_warps=num_warps))
+    assert 'cubin' in compiled.asm, kernel.__name__
+
+for dtype, precision in (('fp32', 'ieee'), ('bf16', 'tf32')):
+    meta = dict(DK=32, DV=32, BK=32, BV=32, BT=16, PRECISION=precision)
+    build(forget_gate_triton._segment_state_kernel, dtype, meta, 4)
+    for kernel in (forget_gate_triton._output_kernel, forget_gate_triton._dq_kernel, forget_gate_triton._dkv_kernel):
+        build(kernel, dtype, meta, forget_gate_triton.TILE_WARPS)
+for reverse in (False, True):
+    build(forget_gate_triton._pass_states_kernel, 'fp32', dict(DK=32, DV=32, BLOCK=1024, REVERSE=reverse), 4)
+"""
+
+
+def test_kernels_compile_for_a_gpu():
+    """Compile to an sm_90 cubin (no GPU needed) what the interpreter only emulates, at head dim 32 (MLLA's) for
+    fp32 and bf16 inputs. A subprocess, because TRITON_INTERPRET=1 (set for this test session) turns @triton.jit into
+    the interpreter."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, 'TRITON_INTERPRET': '0'}
+    result = subprocess.run([sys.executable, '-c', COMPILE_FOR_SM90], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_compiles_without_graph_breaks_or_recompiles():
+    """fullgraph=True, dynamic=True over two grid sizes: one graph (the Triton path is one custom-op node per launch
+    group, and the routes are traced), matching the reference. Slow on a CPU: aot_eager plus the interpreter."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+
+    def attention(q, k, v, g, hw):
+        return forget_gate_attention(q, k, v, g, 0.5, '4-direction', hw, backend='triton')
+
+    compiled = torch.compile(attention, backend='aot_eager', fullgraph=True, dynamic=True)
+    for hw in ((3, 5), (4, 3)):
+        inputs = make_inputs(1, hw[0] * hw[1], 2, 16, 16, 'paper')
+        grad_out = torch.randn(*inputs[2].shape, generator=torch.Generator().manual_seed(1))
+        expected, expected_grads = run_and_grad(lambda *t: forget_gate_reference(*t, 0.5, '4-direction', hw),
+                                                inputs, grad_out)
+        actual, actual_grads = run_and_grad(lambda *t: compiled(*t, hw), inputs, grad_out)
+        assert_close(actual, expected, torch.float32, f'o {hw}')
+        for name, got, want in zip(NAMES, actual_grads, expected_grads):
+            assert_close(got, want, torch.float32, f'd{name} {hw}')
+    assert counters['stats']['unique_graphs'] == 1

@@ -37,6 +37,10 @@ BLOCK_T = 16  # tokens per block: tl.dot needs >= 16, and the [BT, BT, Dk] decay
 MAX_HEAD_DIM = 128
 MIN_SEGMENT = 256  # tokens; a segment state (Dk*Dv*4 bytes) is amortised over at least this many tokens
 PROGRAMS_PER_SM = 4
+# Warps of the kernels that hold [BT, BT, Dk] decay tiles (output, dq, dkv): with 8, ptxas (sm_90) spills nothing at
+# Dk = Dv = 32 and 64 for 16-bit inputs (fp32: up to ~1.3 KB at 64); 4 warps spill from Dk = 32. The state-only
+# kernel uses 4.
+TILE_WARPS = 8
 
 _SIZES = ['n_tokens', 'n_heads', 'segment_len', 'n_segments']
 
@@ -317,7 +321,7 @@ def _segment_states(q, k, v, g, segment_len):
 def _forward(q, k, v, g, scale, fp32_output, segment_len):
     grid, sizes, meta, states, _ = _segment_states(q, k, v, g, segment_len)
     out = torch.empty(v.shape, device=v.device, dtype=torch.float32 if fp32_output else v.dtype)
-    _output_kernel[grid](q, k, v, g, states, out, scale, *sizes, **meta)
+    _output_kernel[grid](q, k, v, g, states, out, scale, *sizes, num_warps=TILE_WARPS, **meta)
     return out
 
 
@@ -329,10 +333,11 @@ def _backward(q, k, v, g, grad_out, scale, segment_len):
     q_dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     dlocal = torch.empty(states.shape[0], states.shape[1] - 1, *states.shape[2:], device=q.device,
                          dtype=torch.float32)
-    _dq_kernel[grid](q, k, v, g, states, grad_out, dq, q_dq, dlocal, scale, *sizes, **meta)
+    _dq_kernel[grid](q, k, v, g, states, grad_out, dq, q_dq, dlocal, scale, *sizes, num_warps=TILE_WARPS, **meta)
     dstates = _pass(dlocal, log_decay, reverse=True)
     dk, dv, dg = torch.empty_like(k), torch.empty_like(v), torch.empty_like(g)
-    _dkv_kernel[grid](q, k, v, g, states, dstates, grad_out, q_dq, dk, dv, dg, scale, *sizes, **meta)
+    _dkv_kernel[grid](q, k, v, g, states, dstates, grad_out, q_dq, dk, dv, dg, scale, *sizes, num_warps=TILE_WARPS,
+                      **meta)
     return dq, dk, dv, dg
 
 
