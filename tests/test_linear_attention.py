@@ -1,103 +1,152 @@
-"""The fused Triton linear attention against its PyTorch reference (CPU, TRITON_INTERPRET=1), and the op's dispatch.
+"""The generalised linear attention: Triton kernels (CPU, TRITON_INTERPRET=1) against the PyTorch reference for the
+output and every gradient, per option setting; launch counts; the packed qk gradient; the custom op; dispatch.
 
 Low-precision runs are compared with the fp32 reference evaluated on the same low-precision inputs, with the tolerance
 of the input dtype from tests/tolerances.py.
 """
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mlla_mm
 from mlla_mm.kernels import backends_used, linear_attention, select_backend
 from mlla_mm.kernels.linear_attention import triton as la_triton
 from mlla_mm.kernels.linear_attention.reference import linear_attention_reference
 from mlla_mm.kernels.linear_attention.triton import linear_attention_triton
+from mlla_mm.layers import LinearAttention
 
 from .tolerances import assert_close
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# (batch, height, width, heads, head dim): N = height * width is rarely a multiple of the 64/128-token tiles;
-# odd and degenerate grids; heads whose channel pairs mix row and column frequencies (e.g. 3 heads of 32);
-# head dims that need padding to a power of two (24, 48).
-SHAPES = [
-    (1, 7, 9, 2, 32),
-    (2, 7, 9, 2, 32),
-    (1, 1, 13, 1, 32),
-    (3, 5, 1, 2, 16),
-    (1, 13, 11, 1, 16),
-    (2, 9, 7, 4, 16),
-    (1, 8, 8, 1, 64),
-    (1, 11, 13, 2, 64),
-    (2, 1, 1, 2, 32),
-    (1, 3, 43, 3, 32),
-    (3, 6, 10, 1, 32),
-    (1, 10, 20, 2, 32),
-    (2, 12, 16, 1, 64),
-    (1, 16, 12, 4, 16),
-    (1, 2, 65, 1, 32),
-    (2, 5, 13, 3, 16),
-    (1, 17, 1, 2, 32),
-    (1, 4, 4, 2, 32),
-    (3, 3, 3, 3, 64),
-    (1, 9, 14, 2, 48),
-    (2, 7, 7, 1, 24),
-    (1, 1, 1, 1, 16),
-    (1, 15, 13, 2, 32),
+# Option settings of the op (the module docstring of mlla_mm.kernels.linear_attention) and how their tensors are
+# made: gate 'head' [B, N, H] / 'channel' [B, N, H, Dv]; shortcut 'head' [H] / 'channel' [H, Dv].
+SETTINGS = {
+    'mlla': dict(),
+    'vssd': dict(feature_map='none', rope=False, norm='none', gate='head', shortcut='head', shared_qk=True,
+                 qk_order='kq'),
+    'no_norm': dict(norm='none'),
+    'mean_norm': dict(norm='mean', feature_map='none'),
+    'gate_channel': dict(gate='channel', shortcut='channel'),
+    'gate_head': dict(gate='head', norm='mean'),
+    'shared_qk': dict(shared_qk=True),
+    'shared_qk_gated': dict(shared_qk=True, rope=False, feature_map='none', gate='channel', shortcut='channel',
+                            norm='mean'),
+}
+
+# (batch, height, width, heads, qk head dim, value head dim): N = height * width is rarely a multiple of the tiles;
+# odd and degenerate grids; heads whose RoPE pairs mix row and column frequencies (3 heads of 32); head dims 16/32/64
+# and ones padded to a power of two (24, 48); value and key dims that differ.
+MLLA_SHAPES = [
+    (2, 7, 9, 2, 32, 32),
+    (1, 1, 13, 1, 32, 32),
+    (3, 5, 1, 2, 16, 16),
+    (2, 9, 7, 4, 16, 16),
+    (1, 11, 13, 2, 64, 64),
+    (1, 3, 43, 3, 32, 32),
+    (2, 12, 16, 1, 64, 64),
+    (1, 9, 14, 2, 48, 48),
+    (2, 7, 7, 1, 24, 24),
+    (1, 1, 1, 1, 16, 16),
+]
+OPTION_SHAPES = [
+    (2, 7, 9, 2, 32, 32),
+    (1, 11, 5, 3, 16, 48),
+    (1, 5, 13, 2, 64, 64),
 ]
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Split the token reduction into chunks of one tile, so that small test grids run the multi-chunk path."""
+    """Split the token reduction into chunks of one tile, so that small test grids run the multi-chunk path (the
+    last-program reduction)."""
     monkeypatch.setattr(la_triton, 'MIN_CHUNK', 16)
 
 
-def make_inputs(batch, height, width, heads, dim, dtype, layout, seed=0):
-    """q, k, v as the model passes them ('qk_views': q, k are views of one [B, N, 2C] projection, v is [B, N, C]),
-    or as head-first tensors transposed to [B, N, H, D] ('head_first': stride 1 on D, D on N)."""
+def make_inputs(shape, setting, dtype, layout='packed', seed=0):
+    """qk [B, N, 2 Hk Dk], v [B, N, H, Dv], gate, shortcut, grad_out. layout 'packed': qk is a projection output
+    and v a [B, N, C] view; 'strided': qk is a column slice of a wider tensor and v a head-first tensor transposed to
+    [B, N, H, Dv]."""
+    batch, height, width, heads, dk, dv = shape
+    options = SETTINGS[setting]
     gen = torch.Generator().manual_seed(seed)
-    tokens, channels = height * width, heads * dim
-    if layout == 'qk_views':
-        qk = torch.randn(batch, tokens, 2 * channels, generator=gen).to(dtype)
-        q = qk[..., :channels].view(batch, tokens, heads, dim)
-        k = qk[..., channels:].view(batch, tokens, heads, dim)
-        v = torch.randn(batch, tokens, channels, generator=gen).to(dtype).view(batch, tokens, heads, dim)
+    tokens = height * width
+    qk_channels = 2 * dk * (1 if options.get('shared_qk') else heads)
+    if layout == 'packed':
+        qk = torch.randn(batch, tokens, qk_channels, generator=gen)
+        v = torch.randn(batch, tokens, heads * dv, generator=gen).view(batch, tokens, heads, dv)
     else:
-        q, k, v = (torch.randn(batch, heads, tokens, dim, generator=gen).to(dtype).transpose(1, 2) for _ in range(3))
-    grad_out = torch.randn(batch, tokens, heads, dim, generator=gen).to(dtype)
-    return q, k, v, grad_out
+        qk = torch.randn(batch, tokens, qk_channels + 8, generator=gen)[..., 3:3 + qk_channels]
+        v = torch.randn(batch, heads, tokens, dv, generator=gen).transpose(1, 2)
+    # Values scaled so that the output is O(1) without the denominator (sums of N * Dk signed terms, as in a model
+    # where a norm follows): the tolerances are absolute + relative to O(1) outputs.
+    norm = options.get('norm', 'denominator')
+    if norm != 'denominator':
+        v = v / (dk * (tokens if norm == 'none' else 1)) ** 0.5
+    gate = {None: None, 'head': (batch, tokens, heads), 'channel': (batch, tokens, heads, dv)}[options.get('gate')]
+    if gate is not None:
+        gate = torch.rand(gate, generator=gen) + 0.1  # Delta = softplus(...) > 0
+    shortcut = {None: None, 'head': (heads,), 'channel': (heads, dv)}[options.get('shortcut')]
+    if shortcut is not None:
+        shortcut = torch.randn(shortcut, generator=gen)  # a parameter: stays fp32
+    grad_out = torch.randn(batch, tokens, heads, dv, generator=gen)
+    to = (lambda t: None if t is None else t.to(dtype))
+    return to(qk), to(v), to(gate), shortcut, to(grad_out)
 
 
-def run_with_grads(fn, q, k, v, grad_out, hw):
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    out = fn(*leaves, hw)
+def op_options(setting):
+    return {name: value for name, value in SETTINGS[setting].items() if name not in ('gate', 'shortcut')}
+
+
+def run_with_grads(fn, qk, v, gate, shortcut, grad_out, hw, options):
+    leaves = [None if t is None else t.detach().requires_grad_() for t in (qk, v, gate, shortcut)]
+    out = fn(leaves[0], leaves[1], hw, gate=leaves[2], shortcut=leaves[3], **options)
     out.backward(grad_out)
-    return out, [t.grad for t in leaves]
+    return out, [None if t is None else t.grad for t in leaves]
 
 
-def check_against_reference(shape, dtype, layout):
-    batch, height, width, heads, dim = shape
-    q, k, v, grad_out = make_inputs(batch, height, width, heads, dim, dtype, layout)
-    out, grads = run_with_grads(linear_attention_triton, q, k, v, grad_out, (height, width))
-    assert out.dtype == dtype and out.shape == q.shape and out.is_contiguous()
-    assert all(g.dtype == dtype and g.shape == q.shape for g in grads)
-    ref_out, ref_grads = run_with_grads(linear_attention_reference, q.float(), k.float(), v.float(),
-                                        grad_out.float(), (height, width))
-    assert_close(out, ref_out, dtype, f'out {shape}')
-    for name, grad, ref_grad in zip(('dq', 'dk', 'dv'), grads, ref_grads):
-        assert_close(grad, ref_grad, dtype, f'{name} {shape}')
+def check_against_reference(shape, setting, dtype, layout='packed'):
+    qk, v, gate, shortcut, grad_out = make_inputs(shape, setting, dtype, layout)
+    hw, options = shape[1:3], op_options(setting)
+    out, grads = run_with_grads(linear_attention_triton, qk, v, gate, shortcut, grad_out, hw, options)
+    assert out.dtype == dtype and out.shape == v.shape and out.is_contiguous()
+    up = (lambda t: None if t is None else t.float())
+    ref_out, ref_grads = run_with_grads(linear_attention_reference, up(qk), up(v), up(gate), shortcut,
+                                        up(grad_out), hw, options)
+    assert_close(out, ref_out, dtype, f'{setting} out {shape}')
+    for name, grad, ref_grad, leaf in zip(('dqk', 'dv', 'dgate', 'dshortcut'), grads, ref_grads,
+                                          (qk, v, gate, shortcut)):
+        if leaf is not None:
+            assert grad.dtype == leaf.dtype and grad.shape == leaf.shape, name
+            assert_close(grad, ref_grad, dtype, f'{setting} {name} {shape}')
 
 
+@pytest.mark.parametrize('index', range(len(MLLA_SHAPES)), ids=lambda i: 'x'.join(map(str, MLLA_SHAPES[i])))
+def test_mlla_setting_matches_reference(small_chunks, index):
+    """MLLA's setting over the awkward shapes, each in one dtype (all three in turn); every dtype: -m slow."""
+    check_against_reference(MLLA_SHAPES[index], 'mlla', DTYPES[index % 3], 'packed' if index % 2 == 0 else 'strided')
+
+
+@pytest.mark.parametrize('setting', [s for s in SETTINGS if s != 'mlla'])
+def test_option_settings_match_reference(small_chunks, setting):
+    """Each other setting at one shape in one dtype (all three in turn); every dtype and shape: -m slow."""
+    index = list(SETTINGS).index(setting)
+    check_against_reference(OPTION_SHAPES[index % len(OPTION_SHAPES)], setting, DTYPES[index % 3],
+                            'packed' if index % 2 == 0 else 'strided')
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
-@pytest.mark.parametrize('index', range(len(SHAPES)), ids=lambda i: 'BHWhd=' + 'x'.join(map(str, SHAPES[i])))
-def test_kernel_matches_reference(small_chunks, index, dtype):
-    check_against_reference(SHAPES[index], dtype, 'qk_views' if index % 2 == 0 else 'head_first')
+@pytest.mark.parametrize('shape', OPTION_SHAPES + MLLA_SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('setting', list(SETTINGS))
+def test_every_setting_shape_and_dtype(small_chunks, setting, shape, dtype):
+    check_against_reference(shape, setting, dtype, 'strided' if sum(shape) % 2 else 'packed')
 
 
-def test_kernel_single_chunk_default_launch():
-    """The default chunking (one chunk below MIN_CHUNK tokens) and a grid with rows in the thousands, whose RoPE
-    angles need the in-kernel range reduction."""
-    check_against_reference((1, 1200, 1, 1, 16), torch.float32, 'qk_views')
+def test_single_chunk_default_launch():
+    """The default chunking (one chunk below MIN_CHUNK tokens: no partials) and a grid with rows in the thousands,
+    whose RoPE angles need the in-kernel range reduction."""
+    check_against_reference((1, 500, 1, 1, 16, 16), 'mlla', torch.float32)
 
 
 @pytest.mark.parametrize('tokens, batch_heads', [(67200, 2 * 2), (65536, 1 * 2), (3136, 128 * 2), (100, 1)])
@@ -109,21 +158,127 @@ def test_chunking_fills_an_h100(monkeypatch, tokens, batch_heads):
     assert chunks * batch_heads >= 0.9 * la_triton.PROGRAMS_PER_SM * 132 or chunk_tokens == la_triton.MIN_CHUNK
 
 
-def test_kernel_rejects_unsupported_head_dims():
-    q = torch.randn(1, 4, 4, 3)  # H*D = 12 passes the RoPE check, but the pairs would straddle heads
-    with pytest.raises(ValueError, match=r'head dim D=3 .*\(1, 4, 4, 3\)'):
-        linear_attention_triton(q, q, q, (2, 2))
-    q = torch.randn(1, 4, 1, 256)
-    with pytest.raises(ValueError, match='head dim D=256'):
-        linear_attention_triton(q, q, q, (2, 2))
+def test_unsupported_head_dims_raise():
+    v = torch.randn(1, 4, 1, 4)
+    with pytest.raises(ValueError, match=r'query/key head dim 3 .*Dk must be even and both <= 128'):
+        linear_attention_triton(torch.randn(1, 4, 6), v, (2, 2), rope=False)
+    with pytest.raises(ValueError, match='value head dim 256'):
+        linear_attention_triton(torch.randn(1, 4, 64), torch.randn(1, 4, 1, 256), (2, 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launches and the packed gradient
+
+class OpRecorder(TorchDispatchMode):
+    """Names of the aten ops that do work (allocations and views move no data and are left out), outside the Triton
+    launches (the interpreter copies tensors in and out of a kernel; a GPU launch does not)."""
+    FREE = ('empty', 'empty_strided', 'new_empty', 'view', 'slice', 'unflatten', 'as_strided', 'detach', 'alias',
+            't', 'transpose', 'permute', '_unsafe_view', 'unsqueeze', 'expand', 'split', 'flatten')
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+        self.in_kernel = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.in_kernel and name not in self.FREE:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def count_launches(monkeypatch, run):
+    """(Triton kernel launches by name, aten compute ops outside them) while run() executes the op's launchers."""
+    launches = []
+    recorder = OpRecorder()
+
+    def launcher(name, kernel, grid):
+        def launch(*args, **kwargs):
+            launches.append(name)
+            recorder.in_kernel = True
+            try:
+                return kernel[grid](*args, **kwargs)
+            finally:
+                recorder.in_kernel = False
+        return launch
+
+    for name in ('_fwd_state_kernel', '_fwd_out_kernel', '_bwd_state_kernel', '_bwd_kv_kernel'):
+        kernel = getattr(la_triton, name)
+        monkeypatch.setattr(la_triton, name, type(name, (), {
+            '__getitem__': lambda self, grid, name=name, kernel=kernel: launcher(name, kernel, grid)})())
+    with recorder:
+        run()
+    return launches, recorder.ops
+
+
+@pytest.mark.parametrize('setting, backward_torch_ops', [('mlla', []), ('vssd', ['sum']), ('gate_channel', ['sum'])])
+def test_two_launches_forward_two_backward(small_chunks, monkeypatch, setting, backward_torch_ops):
+    """Forward: the state kernel (which reduces its own partials) and the output kernel, no torch op; backward: the
+    same two-kernel shape, plus one sum for the gradient of the shortcut D. The multi-chunk path is forced."""
+    shape = (1, 9, 8, 2, 32, 32)
+    qk, v, gate, shortcut, grad_out = make_inputs(shape, setting, torch.float32)
+    la_triton._arrival_counters(v.device, 2)  # allocated (zeroed) once per device, before the first launch
+    options = op_options(setting)
+    args = (options.get('feature_map', 'elu'), options.get('rope', True), options.get('norm', 'denominator'),
+            options.get('shared_qk', False), options.get('qk_order', 'qk'))
+    result = {}
+    launches, ops = count_launches(monkeypatch, lambda: result.update(
+        fwd=la_triton._forward(qk, v, gate, shortcut, shape[2], *args)))
+    assert launches == ['_fwd_state_kernel', '_fwd_out_kernel'] and ops == []
+    launches, ops = count_launches(monkeypatch, lambda: la_triton._backward(
+        qk, v, gate, shortcut, result['fwd'][1], grad_out, shape[2], *args))
+    assert launches == ['_bwd_state_kernel', '_bwd_kv_kernel'] and ops == backward_torch_ops
+    # The arrival counters are left at zero for the next launch.
+    assert not la_triton._arrival_counters(v.device, 1).any()
+
+
+def test_layer_backward_builds_no_zero_filled_qk_gradient():
+    """MLLA's mixer hands the packed qk projection to the op, whose Triton backward writes one packed gradient: no
+    slice_backward (a zero-filled [B, N, 2C] gradient per q / k slice, then their sum), no zero-filled gradient of the
+    internal state output."""
+    torch.manual_seed(0)
+    layer = LinearAttention(32, 1, backend='triton')
+    x = torch.randn(1, 4, 5, 32, requires_grad=True)
+    out = layer(x)
+    with OpRecorder() as recorder:
+        out.backward(torch.randn_like(out))
+    assert not [op for op in recorder.ops if 'slice_backward' in op or op in ('zeros', 'zero_', 'fill_')], \
+        recorder.ops
+
+
+@pytest.mark.slow
+def test_custom_op_passes_opcheck():
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the two custom ops."""
+    qk, v, gate, shortcut, _ = make_inputs((1, 2, 3, 1, 16, 16), 'gate_channel', torch.float32)
+    leaves = [t.requires_grad_() for t in (qk, v, gate, shortcut)]
+    torch.library.opcheck(torch.ops.mlla_mm.linear_attention_fwd.default,
+                          (*leaves, 3, 'elu', True, 'denominator', False, 'qk'))
+
+
+def test_compiles_in_one_graph():
+    """The public op on the Triton backend under torch.compile(fullgraph=True, dynamic=True): the backend choice is
+    traced, the custom op is one node, and the gradients match eager."""
+    qk, v, gate, shortcut, grad_out = make_inputs((1, 3, 5, 2, 16, 16), 'vssd', torch.float32)
+    options = op_options('vssd')
+
+    def fn(qk, v, gate, shortcut):
+        return linear_attention(qk, v, (3, 5), gate=gate, shortcut=shortcut, backend='triton', **options)
+    eager = run_with_grads(lambda *a, **k: fn(a[0], a[1], k['gate'], k['shortcut']), qk, v, gate, shortcut,
+                           grad_out, (3, 5), {})
+    compiled_fn = torch.compile(fn, backend='aot_eager', fullgraph=True, dynamic=True)
+    compiled = run_with_grads(lambda *a, **k: compiled_fn(a[0], a[1], k['gate'], k['shortcut']), qk, v, gate,
+                              shortcut, grad_out, (3, 5), {})
+    assert_close(compiled[0], eager[0], torch.float32, 'compiled out')
+    for grad, ref in zip(compiled[1], eager[1]):
+        assert_close(grad, ref, torch.float32, 'compiled grad')
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Dispatch (kernels/backend.py through the public op)
 
-def small_qkv(dtype=torch.float32):
-    q, k, v, _ = make_inputs(1, 3, 5, 2, 16, dtype, 'qk_views')
-    return q, k, v
+def small_inputs(dtype=torch.float32):
+    qk, v, _, _, _ = make_inputs((1, 3, 5, 2, 16, 16), 'mlla', dtype)
+    return qk, v
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
@@ -131,81 +286,97 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
     with pytest.raises(RuntimeError, match=r"backend='triton' cannot run: .*cpu.*TRITON_INTERPRET=1"):
         select_backend('linear_attention', 'triton', torch.device('cpu'))
     with pytest.raises(RuntimeError, match="linear_attention: backend='triton' cannot run"):
-        linear_attention(*small_qkv(), (3, 5), backend='triton')
+        linear_attention(*small_inputs(), (3, 5), backend='triton')
 
 
 def test_auto_uses_the_reference_on_cpu_even_under_the_interpreter(monkeypatch):
     monkeypatch.delenv('MLLA_MM_STRICT', raising=False)
     assert select_backend('linear_attention', 'auto', torch.device('cpu')) == 'torch'
-    q, k, v = small_qkv()
-    torch.testing.assert_close(linear_attention(q, k, v, (3, 5), backend='auto'),
-                               linear_attention_reference(q, k, v, (3, 5)), rtol=0, atol=0)
+    qk, v = small_inputs()
+    torch.testing.assert_close(linear_attention(qk, v, (3, 5), backend='auto'),
+                               linear_attention_reference(qk, v, (3, 5)), rtol=0, atol=0)
 
 
 def test_strict_mode_makes_auto_raise_on_cpu(monkeypatch):
     monkeypatch.setenv('MLLA_MM_STRICT', '1')
     with pytest.raises(RuntimeError, match='MLLA_MM_STRICT=1 forbids the fallback.*cpu'):
-        linear_attention(*small_qkv(), (3, 5), backend='auto')
+        linear_attention(*small_inputs(), (3, 5), backend='auto')
     # An explicit choice is not a fallback.
     assert select_backend('linear_attention', 'torch', torch.device('cpu')) == 'torch'
 
 
 def test_environment_sets_the_default_backend(monkeypatch):
     monkeypatch.delenv('MLLA_MM_STRICT', raising=False)
-    q, k, v = small_qkv()
+    qk, v = small_inputs()
     monkeypatch.setenv('MLLA_MM_BACKEND', 'triton')
     assert select_backend('linear_attention', None, torch.device('cpu')) == 'triton'
-    out = linear_attention(q, k, v, (3, 5))
+    out = linear_attention(qk, v, (3, 5))
     assert 'triton' in backends_used()['linear_attention']
-    assert_close(out, linear_attention_reference(q, k, v, (3, 5)), torch.float32, 'out, MLLA_MM_BACKEND=triton')
+    assert_close(out, linear_attention_reference(qk, v, (3, 5)), torch.float32, 'out, MLLA_MM_BACKEND=triton')
     monkeypatch.setenv('MLLA_MM_BACKEND', 'torch')
     assert select_backend('linear_attention', None, torch.device('cpu')) == 'torch'
     monkeypatch.setenv('MLLA_MM_BACKEND', 'cuda')
     with pytest.raises(ValueError, match="MLLA_MM_BACKEND='cuda' is not a backend"):
-        linear_attention(q, k, v, (3, 5))
+        linear_attention(qk, v, (3, 5))
 
 
 @pytest.mark.parametrize('case, error, match', [
-    ('rank', ValueError, r'q must be \[B, N, H, D\], got shape \(15, 2, 16\)'),
-    ('dtype', TypeError, 'q has dtype torch.float64'),
-    ('shapes', ValueError, 'q, k, v shapes differ'),
-    ('mixed dtypes', TypeError, 'q, k, v dtypes differ'),
+    ('rank', ValueError, r'qk \[B, N, 2 \* Hk \* Dk\] must have rank 3, got shape \(15, 64\)'),
+    ('dtype', TypeError, 'v \\[B, N, H, Dv\\] has dtype torch.float64'),
+    ('tokens', ValueError, 'differ in batch or tokens'),
+    ('mixed dtypes', TypeError, 'qk and v dtypes differ'),
+    ('qk channels', ValueError, 'qk has 62 channels, not 2 \\* Hk \\* Dk for Hk=2'),
     ('hw', ValueError, r'hw=\(4, 4\) gives 16 tokens but N=15'),
-    ('rope channels', ValueError, 'H\\*D divisible by 4'),
+    ('rope channels', ValueError, 'Hk\\*Dk divisible by 4'),
+    ('gate', ValueError, r'gate \(1, 15, 3\) .* must be \[B, N, H\] or \[B, N, H, Dv\]'),
+    ('shortcut', ValueError, r'shortcut \(16,\) must be \[H\] or \[H, Dv\]'),
+    ('norm', ValueError, r"norm='l2' is not one of \('denominator', 'mean', 'none'\)"),
+    ('feature map', ValueError, "feature_map='relu' is not one of"),
     ('backend', ValueError, "backend='cuda' is not a backend"),
 ])
 def test_bad_inputs_raise_clear_errors(case, error, match):
-    q, k, v = small_qkv()
-    hw, backend = (3, 5), 'triton'
+    qk, v = small_inputs()
+    hw, options = (3, 5), dict(backend='triton')
     if case == 'rank':
-        q = q[0]
+        qk = qk[0]
     elif case == 'dtype':
-        q = q.double()
-    elif case == 'shapes':
-        k = k[:, :10]
+        v = v.double()
+    elif case == 'tokens':
+        qk = qk[:, :10]
     elif case == 'mixed dtypes':
         v = v.half()
+    elif case == 'qk channels':
+        qk = qk[..., :62]
     elif case == 'hw':
         hw = (4, 4)
     elif case == 'rope channels':
-        q, k, v = (torch.randn(1, 15, 1, 2) for _ in range(3))
+        qk, v = torch.randn(1, 15, 12), torch.randn(1, 15, 3, 2)
+    elif case == 'gate':
+        options['gate'] = torch.rand(1, 15, 3)
+    elif case == 'shortcut':
+        options['shortcut'] = torch.rand(16)
+    elif case == 'norm':
+        options['norm'] = 'l2'
+    elif case == 'feature map':
+        options['feature_map'] = 'relu'
     else:
-        backend = 'cuda'
+        options['backend'] = 'cuda'
     with pytest.raises(error, match=match):
-        linear_attention(q, k, v, hw, backend=backend)
+        linear_attention(qk, v, hw, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The tiny MLLA on the Triton backend against the same weights on the PyTorch backend
 
+@pytest.mark.slow
 def test_mlla_tiny_triton_matches_torch(monkeypatch):
     kernel_calls = []
     forward = la_triton._forward
-    monkeypatch.setattr(la_triton, '_forward', lambda *args: kernel_calls.append(args[0].shape) or forward(*args))
+    monkeypatch.setattr(la_triton, '_forward', lambda *args: kernel_calls.append(args[1].shape) or forward(*args))
     torch.manual_seed(0)
     models = {backend: mlla_mm.create_model('mlla_test', backend=backend).eval() for backend in ('torch', 'triton')}
     models['triton'].load_state_dict(models['torch'].state_dict())
-    image = torch.randn(1, 3, 64, 96)
+    image = torch.randn(1, 3, 32, 64)
     results = {}
     for backend, model in models.items():
         out = model(image)

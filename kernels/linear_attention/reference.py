@@ -1,13 +1,18 @@
-"""MLLA linear attention in plain PyTorch: the ground truth that the Triton kernel is tested against.
+"""Generalised non-causal linear attention in plain PyTorch: the ground truth that the Triton kernels are tested against.
 
-Math (upstream MLLA, per batch b and head h, tokens n = 1..N on an H x W grid, N = H * W):
-    q, k       = ELU(q) + 1, ELU(k) + 1                     positive feature map
-    q~, k~     = RoPE_2d(q), RoPE_2d(k)                      over all C = heads * D channels, before the head split
-    z_n        = 1 / (q_n . mean_m(k_m) + 1e-6)               normaliser from the non-RoPE q and k
-    kv         = sum_m k~_m v_m^T / N                         (upstream: (k~ * N^-0.5)^T @ (v * N^-0.5))
-    out_n      = (q~_n @ kv) * z_n
+Per batch b and value head h, tokens n = 1..N of an H x W grid (N = H * W), with q_n, k_n the query / key of head h
+(or the one query / key every head shares) and v_n the value of head h:
+    Q, K     = phi(q), phi(k)                      phi = ELU + 1 ('elu') or the identity ('none')
+    Q~, K~   = RoPE_2d(Q), RoPE_2d(K)              if rope: over all Hk * Dk query/key channels, before the head split
+    u_n      = s_n * v_n                           if a gate s is given (per head: a scalar; per channel: a vector)
+    S        = sum_n K~_n u_n^T                    (Dk x Dv)
+    out_n    = c_n * Q~_n S  +  D * v_n            D only with a shortcut (per head or per channel)
+with c_n = 1 / (N * (Q_n . mean_m K_m + 1e-6))  'denominator' (MLLA: the normaliser uses the un-rotated Q and K),
+           1 / N                                 'mean',
+           1                                     'none'.
 RoPE pairs channels (2i, 2i+1) as complex numbers; pairs i < C/4 rotate by row * theta_i and pairs i >= C/4 by
-col * theta_(i - C/4), with theta_j = 10000^(-j / (C/4)).
+col * theta_(i - C/4), with theta_j = 10000^(-j / (C/4)) and C = Hk * Dk.
+Upstream MLLA writes the 1/N as (K~^T N^-0.5)(v N^-0.5); the product is the same.
 """
 import functools
 
@@ -39,20 +44,37 @@ def apply_rope_2d(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(-2)
 
 
-def linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw) -> torch.Tensor:
-    """q, k: [B, N, H, D] before the feature map; v: [B, N, H, D]; hw = (height, width). Returns [B, N, H, D].
-
-    Computes in float32 and returns the input dtype.
-    """
-    batch, tokens, heads, dim = q.shape
+def linear_attention_reference(qk: torch.Tensor, v: torch.Tensor, hw, *, feature_map: str = 'elu',
+                               rope: bool = True, norm: str = 'denominator', gate=None, shortcut=None,
+                               shared_qk: bool = False, qk_order: str = 'qk') -> torch.Tensor:
+    """Same signature and result as ``mlla_mm.kernels.linear_attention`` (whose docstring describes the arguments);
+    computes in float32 and returns v's dtype."""
+    batch, tokens, heads, _ = v.shape
     height, width = hw
-    dtype = q.dtype
-    q = F.elu(q.float()) + 1.0
-    k = F.elu(k.float()) + 1.0
+    dtype = v.dtype
+    qk_heads = 1 if shared_qk else heads
+    half = qk.shape[-1] // 2
+    first, second = qk.float().split(half, dim=-1)
+    q, k = (first, second) if qk_order == 'qk' else (second, first)
+    if feature_map == 'elu':
+        q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+    q_num, k_num = (apply_rope_2d(q, height, width), apply_rope_2d(k, height, width)) if rope else (q, k)
+    head_view = (batch, tokens, qk_heads, half // qk_heads)
+    q, k, q_num, k_num = (t.view(head_view) for t in (q, k, q_num, k_num))
+    # 'bnhd': a query / key per head; 'bnd': one query / key shared by every value head.
+    qk_spec = 'bnhd'
+    if shared_qk:
+        q, k, q_num, k_num = (t[:, :, 0] for t in (q, k, q_num, k_num))
+        qk_spec = 'bnd'
     v = v.float()
-    q_rope = apply_rope_2d(q.reshape(batch, tokens, heads * dim), height, width).view(batch, tokens, heads, dim)
-    k_rope = apply_rope_2d(k.reshape(batch, tokens, heads * dim), height, width).view(batch, tokens, heads, dim)
-    z = 1.0 / (torch.einsum('bnhd,bhd->bnh', q, k.mean(dim=1)) + EPS)
-    kv = torch.einsum('bnhd,bnhe->bhde', k_rope, v) / tokens
-    out = torch.einsum('bnhd,bhde->bnhe', q_rope, kv) * z[..., None]
+    u = v if gate is None else v * (gate.float()[..., None] if gate.dim() == 3 else gate.float())
+    kv = torch.einsum(f'{qk_spec},bnhe->bhde', k_num, u)
+    if norm in ('denominator', 'mean'):
+        kv = kv / tokens
+    out = torch.einsum(f'{qk_spec},bhde->bnhe', q_num, kv)
+    if norm == 'denominator':
+        z = 1.0 / (torch.einsum(f'{qk_spec},b{qk_spec[2:]}->{qk_spec[:-1]}', q, k.mean(dim=1)) + EPS)
+        out = out * (z[:, :, None, None] if shared_qk else z[..., None])
+    if shortcut is not None:
+        out = out + v * (shortcut.float()[:, None] if shortcut.dim() == 1 else shortcut.float())
     return out.to(dtype).contiguous()

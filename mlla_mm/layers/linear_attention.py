@@ -25,12 +25,11 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
-        heads_view = (batch, height * width, self.num_heads, channels // self.num_heads)
-        qk = self.qk(x)
-        # Views, not copies: the op takes any strides.
-        q = qk[..., :channels].view(heads_view)
-        k = qk[..., channels:].view(heads_view)
-        out = linear_attention(q, k, x.view(heads_view), (height, width), backend=self.backend)
+        # The packed projection goes in whole: its gradient comes back as one tensor, with no zero-filled gradient
+        # per q / k slice.
+        qk = self.qk(x).flatten(1, 2)
+        v = x.view(batch, height * width, self.num_heads, channels // self.num_heads)
+        out = linear_attention(qk, v, (height, width), backend=self.backend)
         return out.view(batch, height, width, channels) + self.lepe(x)
 
     def extra_repr(self) -> str:
