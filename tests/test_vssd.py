@@ -1,4 +1,5 @@
-"""VSSD: released sizes, upstream-layout loading, and parity with an independent oracle (tests/oracles/vssd_oracle.py)."""
+"""VSSD: released sizes, upstream-layout loading, and parity with an independent oracle
+(tests/oracles/vssd_oracle.py)."""
 import pytest
 import torch
 
@@ -98,3 +99,20 @@ def test_bad_input_errors():
         mlla_mm.models.get_family('VSSD').model_name('huge')
     with pytest.raises(ValueError, match='differ in length'):
         mlla_mm.models.vssd.VSSD(depths=(1, 1), num_heads=(1, 2, 4))
+
+
+def test_upstream_backbone_weights_load_into_the_mm_backbone_with_outnorms(tmp_path):
+    # MM_VSSD's layout: the trunk plus outnorm0..3, no classifier; saved under 'backbone.' as in a detector.
+    from mlla_mm.mm import BACKBONES
+    sd = upstream_state_dict(**_arch('test'), layout='backbone', seed=4)
+    path = tmp_path / 'mm_vssd.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in sd.items()}}, path)
+    backbone = BACKBONES['VSSD'](arch='test', out_indices=(0, 1, 2, 3),
+                                 init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    backbone.init_weights()
+    images = torch.randn(1, 3, 50, 83, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = backbone.eval()(images)
+    expected, _ = vssd_forward(sd, images, TEST['depths'], TEST['num_heads'], TEST['d_state'])
+    for i, (a, b) in enumerate(zip(ours, expected)):
+        assert_close(a, b, torch.float32, f'backbone output {i}')

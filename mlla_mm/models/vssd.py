@@ -86,8 +86,8 @@ class NCSSD(nn.Module):
         scale = F.softplus(dt + self.dt_bias) * self.A_log.exp()                   # s_{l,h} > 0
         y = linear_attention(
             keys_queries, values.reshape(batch, tokens, self.num_heads, -1), (height, width), feature_map='none',
-            rope=False, norm='none', gate=scale.reshape(batch, tokens, self.num_heads).to(values.dtype), shortcut=self.D, shared_qk=True, qk_order='kq',
-            backend=self.backend)
+            rope=False, norm='none', gate=scale.reshape(batch, tokens, self.num_heads).to(values.dtype),
+            shortcut=self.D, shared_qk=True, qk_order='kq', backend=self.backend)
         return self.out_proj(self.norm(y.reshape(batch, height, width, self.inner)) * z)
 
     def extra_repr(self) -> str:
