@@ -17,5 +17,8 @@ if not _logger.handlers and not logging.getLogger().handlers:
     _logger.setLevel(logging.INFO)
 
 from .models import create_model, list_models  # noqa: E402
+from . import timm_bridge  # noqa: E402
+
+timm_bridge.install()  # our models join timm's registry once timm is imported
 
 __all__ = ['__version__', 'create_model', 'list_models']

@@ -5,7 +5,7 @@ from mmengine.hub import get_config
 from mmengine.registry import init_default_scope
 
 import mlla_mm.mm
-from mlla_mm.mm import MLLABackbone
+from mlla_mm.mm import BACKBONES
 
 DET_CONFIG = 'configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py'
 SEG_CONFIG = 'configs/mmseg/upernet_mlla-t_8xb2-160k_ade20k-512x512.py'
@@ -17,7 +17,7 @@ def test_registered_in_both_libraries():
     assert set(mlla_mm.mm.REGISTERED_IN) == {'mmdet', 'mmseg'}
     for registry in (DET_MODELS, SEG_MODELS):
         backbone = registry.build(dict(type='MLLA', arch='test'))
-        assert isinstance(backbone, MLLABackbone)
+        assert isinstance(backbone, BACKBONES['MLLA'])
 
 
 def _without_scope(value):

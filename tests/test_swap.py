@@ -20,7 +20,7 @@ from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.structures import InstanceData, PixelData  # noqa: E402
 
-from mlla_mm.mm import BACKBONE_NAMES, BACKBONES, REGISTERED_IN, MLLABackbone, swap_backbone  # noqa: E402
+from mlla_mm.mm import BACKBONE_NAMES, BACKBONES, REGISTERED_IN, TimmBackbone, swap_backbone  # noqa: E402
 from mlla_mm.mm.swap import build_empty, swap_changes  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +113,7 @@ def test_swap_sets_backbone_and_consumers(key, name):
 
 def test_family_optimizer_rules_and_sgd_switch():
     cfg = swap_backbone(recipe('upernet'), 'mlla_t')
-    rules = MLLABackbone.swap_rules
+    rules = BACKBONES['MLLA'].swap_rules
     assert cfg.optim_wrapper.optimizer.to_dict() == dict(type='AdamW', **rules['adamw']['mmseg'])
     assert cfg.optim_wrapper.paramwise_cfg.custom_keys.to_dict() == rules['custom_keys']
     assert cfg.optim_wrapper.clip_grad is None  # the rest of the optimizer wrapper is the recipe's
@@ -138,7 +138,7 @@ def test_adamw_recipe_keeps_its_optimizer_and_shadowing_is_reported():
 
 def test_caffe_normalisation_is_replaced():
     cfg = swap_backbone(recipe('fcos'), 'mlla_t')
-    wanted = MLLABackbone.swap_rules['data_preprocessor']
+    wanted = BACKBONES['MLLA'].swap_rules['data_preprocessor']
     assert {k: cfg.model.data_preprocessor[k] for k in wanted} == wanted
     assert cfg.model.data_preprocessor.pad_size_divisor == 32
 
@@ -187,7 +187,7 @@ def test_detector_without_neck():
 
 
 def test_family_without_rules(monkeypatch):
-    class Bare(MLLABackbone):
+    class Bare(BACKBONES['MLLA']):
         swap_rules = None
 
     monkeypatch.setitem(BACKBONES, 'Bare', Bare)
@@ -198,6 +198,8 @@ def test_family_without_rules(monkeypatch):
 
 def test_every_family_defines_its_rules():
     for cls in BACKBONES.values():
+        if cls is TimmBackbone:  # its normalisation is the timm model's, so its rules are per instance
+            cls = TimmBackbone('convnext_atto')
         assert set(cls.swap_rules) == {'data_preprocessor', 'custom_keys', 'adamw'}, cls.__name__
         assert set(cls.swap_rules['adamw']) == {'mmdet', 'mmseg'}, cls.__name__
 

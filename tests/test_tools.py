@@ -144,7 +144,7 @@ def test_get_flops_backbone_counts_linear_attention():
     from get_flops import main
     result = main(['mlla_test', '--shape', '64', '96'])
     from mlla_mm.models import create_model
-    model = create_model('mlla_test', num_classes=None)
+    model = create_model('mlla_test', features_only=True)
     assert result['params'] == sum(p.numel() for p in model.parameters())
     # Analytic linear attention: stage i has (64/4/2^i) x (96/4/2^i) tokens, C = 32 * 2^i, head dim 32.
     expected = sum(2 * (16 >> i) * (24 >> i) * (32 << i) * 32 + (16 >> i) * (24 >> i) * (32 << i) for i in range(4))
@@ -162,10 +162,10 @@ def test_get_flops_config(capsys):
     assert result['flops'] > result['linear_attention'] > 0
 
 
-def test_convert_checkpoint(tmp_path, capsys):
+def test_convert_checkpoint(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     from convert_checkpoint import main
-    from mlla_mm.mm.mlla import MLLABackbone
+    from mlla_mm.mm import BACKBONES
     from mlla_mm.models import create_model
     from mlla_mm.utils import CheckpointMismatchError
     classifier = create_model('mlla_test', num_classes=10)
@@ -173,17 +173,20 @@ def test_convert_checkpoint(tmp_path, capsys):
     state['layers.0.blocks.0.attn.rope.rotations'] = torch.zeros(16, 16, 16, 2)  # upstream's RoPE buffer
     src, dst = tmp_path / 'upstream.pth', tmp_path / 'backbone.pth'
     torch.save({'model': state, 'epoch': 300}, src)
-    main([str(src), str(dst), '--arch', 'test'])
-    printed = capsys.readouterr().out
-    assert 'dropped 1 RoPE tables' in printed and 'head.weight' in printed and 'norm.weight' in printed
+    main([str(src), str(dst), '--model', 'mlla_test'])
     converted = torch.load(dst, map_location='cpu', weights_only=True)['state_dict']
-    backbone = MLLABackbone(arch='test', init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
+    assert not any(k.startswith(('head.', 'norm.', 'module.', 'norm0.')) or 'rope' in k for k in converted)
+    backbone = BACKBONES['MLLA'](arch='test', init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     backbone.init_weights()
     for key, value in converted.items():
         assert torch.equal(backbone.state_dict()[key], value), key
-    assert not any(k.startswith(('head.', 'norm.', 'module.')) for k in converted)
     with pytest.raises(CheckpointMismatchError, match='does not fit'):
-        main([str(src), str(tmp_path / 'wrong.pth'), '--arch', 'tiny'])
+        main([str(src), str(tmp_path / 'wrong.pth'), '--model', 'mlla_t'])
+    timm_src = tmp_path / 'convnext.pth'
+    import timm
+    torch.save(timm.create_model('convnext_atto').state_dict(), timm_src)
+    main([str(timm_src), str(tmp_path / 'convnext_backbone.pth'), '--model', 'timm:convnext_atto'])
+    assert torch.load(tmp_path / 'convnext_backbone.pth', weights_only=True)['state_dict']
 
 
 def test_train_stock_recipe_with_swapped_backbone(tmp_path, data_root):

@@ -47,7 +47,8 @@ def test_checkpoint_filter_maps_prefixes_conv_shaped_linears_and_classifier():
     state_dict['layers.0.blocks.0.op.in_proj.weight'] = state_dict['layers.0.blocks.0.op.in_proj.weight'][..., None,
                                                                                                          None]
     wrapped = {f'module.{k}': v for k, v in state_dict.items()}
-    trunk = create_model('vmamba_test', num_classes=None)
+    trunk = create_model('vmamba_test', num_classes=0)
+    trunk.prune_intermediate_layers(4, prune_norm=True, prune_head=True)
     filtered = checkpoint_filter_fn(wrapped, trunk)
     assert not any(k.startswith('classifier.') for k in filtered)
     trunk.load_state_dict(filtered, strict=True)
@@ -74,7 +75,7 @@ def test_initialisation_follows_mamba_init():
 def test_any_input_size(size, expected):
     model = create_model('vmamba_test', num_classes=10).eval()
     with torch.no_grad():
-        stages = model.forward_stages(torch.randn(1, 3, *size))
+        stages = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
         assert [tuple(s.shape[2:]) for s in stages] == expected
         assert [s.shape[1] for s in stages] == [16, 32, 64, 128]
         assert model(torch.randn(1, 3, *size)).shape == (1, 10)
@@ -102,14 +103,14 @@ def test_triton_backend_matches_torch_backend():
     and the gradients of the input and of every parameter."""
     torch.manual_seed(0)
     # eval(): no stochastic depth, so both models compute the same function (gradients still flow).
-    torch_model = create_model('vmamba_test', num_classes=None, backend='torch').eval()
-    triton_model = create_model('vmamba_test', num_classes=None, backend='triton').eval()
+    torch_model = create_model('vmamba_test', num_classes=0, backend='torch').eval()
+    triton_model = create_model('vmamba_test', num_classes=0, backend='triton').eval()
     triton_model.load_state_dict(torch_model.state_dict())
     x = torch.randn(1, 3, 23, 30)
     grads, outputs = [], []
     for model in (torch_model, triton_model):
         image = x.clone().requires_grad_()
-        stages = model.forward_stages(image)
+        stages = model.forward_intermediates(image, intermediates_only=True)
         sum(((s * torch.linspace(-1, 1, s.numel()).view_as(s)).sum() for s in stages)).backward()
         outputs.append(stages)
         grads.append([image.grad] + [p.grad for p in model.parameters()])

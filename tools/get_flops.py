@@ -3,6 +3,7 @@
     python tools/get_flops.py configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py            # 800 x 1280 (mmdet's default)
     python tools/get_flops.py configs/mmseg/upernet_mlla-b_8xb2-160k_ade20k-512x512.py  # 512 x 2048 (mmseg's default)
     python tools/get_flops.py mlla_t --shape 224 224                                    # a backbone of mlla_mm.models
+    python tools/get_flops.py timm:convnext_tiny --shape 224 224                        # a timm backbone
 
 FLOPs follow mmengine.analysis / fvcore: one multiply-add counts as one FLOP (i.e. MACs), the convention of the
 MLLA paper and of mmdet's / mmseg's get_flops. Elementwise work (activations, RoPE rotation, additions) is not counted.
@@ -31,8 +32,8 @@ DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048), 'backbone': (224, 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Count parameters and FLOPs (MACs) of a config or a backbone')
-    parser.add_argument('target', help='config path, mmdet::NAME / mmseg::NAME, or a registered model name '
-                        '(e.g. mlla_t; see mlla_mm.models.list_models())')
+    parser.add_argument('target', help='config path, mmdet::NAME / mmseg::NAME, a registered model name '
+                        '(e.g. mlla_t, vmamba_t; see mlla_mm.list_models()) or timm:NAME')
     parser.add_argument('--shape', type=int, nargs='+', metavar='SIZE',
                         help='input H W (or one value for H = W); default 800 1280 for mmdet, 512 2048 for mmseg, '
                         '224 224 for a backbone')
@@ -79,13 +80,14 @@ class _DenseForward(nn.Module):
 def build_target(args):
     """(model, library name: 'mmdet', 'mmseg' or 'backbone') for a config or a registered model name."""
     from mlla_mm.models import create_model, list_models
-    if args.target in list_models():
-        model = create_model(args.target, num_classes=None)
-        model.forward = model.forward_features
-        return model, 'backbone'
+    if args.target in list_models():  # the multi-scale trunk a detector or segmentor uses
+        return create_model(args.target, features_only=True), 'backbone'
+    if args.target.startswith('timm:'):
+        import timm
+        return timm.create_model(args.target[len('timm:'):], features_only=True), 'backbone'
     if not (args.target.endswith('.py') or '::' in args.target):
-        raise ValueError(f'{args.target!r} is neither a config file nor a registered model; known models: '
-                         f'{", ".join(list_models())}')
+        raise ValueError(f'{args.target!r} is neither a config file, a registered model nor timm:NAME; known '
+                         f'models: {", ".join(list_models())}')
     import mlla_mm.mm  # noqa: F401  registers the backbones
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm

@@ -9,7 +9,7 @@
 - the input channels of whatever consumes the backbone set from the model definition: ``model.neck`` when there is
   one (the first neck of a list), otherwise (MMSegmentation) every decode and auxiliary head by its ``in_index``,
   including the low-level ``c1_in_channels`` of DeepLabV3+ (which reads backbone output 0);
-- the family's ``swap_rules`` (a class attribute of each backbone class): input normalisation, optimizer custom keys
+- the family's ``swap_rules`` (``register_family(swap_rules=...)`` over ``DEFAULT_SWAP_RULES``): input normalisation, optimizer custom keys
   merged into ``paramwise_cfg.custom_keys`` (mmengine applies only the longest matching key, so a recipe key such
   as DETR's 'backbone' lr_mult=0.1 still wins over 'norm' for backbone norms: that is reported as a warning, not
   changed), and the family's AdamW in place of an SGD optimizer. Transformer-like
@@ -20,8 +20,8 @@
 Everything else is untouched. ``swap_changes`` gives the same changes as a config dict to merge over the recipe;
 ``tools/swap_backbone.py`` writes it out as a config file that inherits the recipe.
 
-A backbone class in ``BACKBONES`` must take ``out_indices``, expose ``num_features`` (channels of every stage) and
-define ``swap_rules``.
+A backbone class in ``BACKBONES`` must take ``out_indices`` and expose ``feature_info`` (channels and reduction of every
+level it can return) and ``swap_rules``.
 """
 import contextlib
 import copy
@@ -66,26 +66,30 @@ def swap_changes(cfg, name, pretrained=None, keep_optimizer=False, **overrides):
         raise ValueError('swap_backbone: the recipe has no model.backbone')
     backbone = new_backbone_cfg(name, pretrained, **overrides)
     cls = BACKBONES[backbone['type']]
-    rules = getattr(cls, 'swap_rules', None)
+    probe = build_empty(cls, {k: v for k, v in backbone.items() if k not in ('type', 'out_indices')})
+    rules = getattr(probe, 'swap_rules', None)
     if rules is None:
         raise TypeError(f'swap_backbone: {cls.__name__} defines no swap_rules (data_preprocessor, custom_keys, adamw); '
                         'every class in mlla_mm.mm.BACKBONES needs them')
-    probe = build_empty(cls, {k: v for k, v in backbone.items() if k not in ('type', 'out_indices')})
-    stage_channels = list(probe.num_features)
+    # Level i of a recipe is the map at stride 4 * 2**i (the ResNet/Swin convention); find it by reduction.
+    by_stride = {info['reduction']: (i, info['num_chs']) for i, info in enumerate(probe.feature_info)}
 
     if 'out_indices' in overrides:
         levels, source = tuple(overrides['out_indices']), 'the out_indices override asks for'
+        new_indices = levels
     else:
         levels = recipe_levels(model.backbone, scope)
         source = f"the recipe's backbone ({model.backbone.get('type')}) feeds"
-    if not levels or any(i not in range(len(stage_channels)) for i in levels):
+        new_indices = tuple(by_stride.get(4 * 2 ** i, (None,))[0] for i in levels)
+    if not levels or any(i not in range(len(probe.feature_info)) for i in new_indices):
         raise ValueError(
-            f'swap_backbone: model.backbone.out_indices: {source} levels {levels}, but {name} '
-            f'({backbone["type"]}) produces levels {tuple(range(len(stage_channels)))} '
-            f'(level i at stride 4*2**i, channels {stage_channels})')
-    backbone = new_backbone_cfg(name, pretrained, out_indices=levels,
+            f'swap_backbone: model.backbone.out_indices: {source} levels {levels} (strides '
+            f'{[4 * 2 ** i for i in levels]}), but {name} ({backbone["type"]}) produces strides '
+            f'{sorted(by_stride)} with channels {[c for _, c in sorted(by_stride.values())]}')
+    backbone = new_backbone_cfg(name, pretrained, out_indices=new_indices,
                                 **{k: v for k, v in overrides.items() if k != 'out_indices'})
-    channels = [stage_channels[i] for i in levels]
+    stage_channels = [info['num_chs'] for info in probe.feature_info]
+    channels = [stage_channels[i] for i in new_indices]
 
     model_changes = dict(backbone=dict(_delete_=True, **backbone))
     notes = [f'model.backbone: {backbone["type"]} ({name}), levels {levels}, channels {channels}']
@@ -106,10 +110,15 @@ def swap_changes(cfg, name, pretrained=None, keep_optimizer=False, **overrides):
 
 
 def new_backbone_cfg(name, pretrained=None, **overrides):
-    """The backbone dict for a short name: BACKBONE_NAMES[name], the overrides, and init_cfg for ``pretrained``."""
-    if name not in BACKBONE_NAMES:
-        raise KeyError(f'unknown backbone {name!r}; known backbones: {", ".join(BACKBONE_NAMES)}')
-    backbone = {**BACKBONE_NAMES[name], **overrides}
+    """The backbone dict for a short name (BACKBONE_NAMES[name], or 'timm:NAME' for any timm model), the overrides,
+    and init_cfg for ``pretrained``."""
+    if name.startswith('timm:'):
+        backbone = dict(type='TimmBackbone', model_name=name[len('timm:'):], **overrides)
+    elif name in BACKBONE_NAMES:
+        backbone = {**BACKBONE_NAMES[name], **overrides}
+    else:
+        raise KeyError(f'unknown backbone {name!r}; known backbones: {", ".join(BACKBONE_NAMES)}, or timm:NAME '
+                       'for a timm model')
     if pretrained is not None:
         backbone['init_cfg'] = dict(type='Pretrained', checkpoint=pretrained)
     return backbone

@@ -8,6 +8,7 @@ Every report goes to mmengine's logger (``print_log(..., logger='current')``), s
 import argparse
 import logging
 import os
+import pickle
 
 import torch
 
@@ -33,6 +34,27 @@ class CfgNode(dict):
 # The non-tensor globals that released upstream checkpoints pickle (see reference/*.md): timm-style training
 # scripts save an argparse Namespace under 'args' (Vim, MambaVision), Swin-style ones a yacs CfgNode under 'config'.
 SAFE_GLOBALS = [argparse.Namespace, (CfgNode, 'yacs.config.CfgNode')]
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves only torch's weights-only globals and SAFE_GLOBALS; anything else raises. torch's weights-only
+    unpickler cannot fill a dict subclass such as a yacs CfgNode (it only SETITEMs plain dicts), so files holding
+    one are read with this instead: the same allow-list idea, with pickle's own dict handling."""
+
+    def find_class(self, module, name):
+        import torch._weights_only_unpickler as weights_only
+        qualified = f'{module}.{name}'
+        allowed = dict(weights_only._get_allowed_globals())
+        allowed.update({(g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'):
+                        (g[0] if isinstance(g, tuple) else g) for g in SAFE_GLOBALS})
+        if qualified not in allowed:
+            raise pickle.UnpicklingError(f'global {qualified} is not on the allow-list')
+        return allowed[qualified]
+
+
+class _AllowListPickleModule:
+    Unpickler = _AllowListUnpickler
+    load = pickle.load
 
 
 def log_report(message: str, level: str = 'INFO'):
@@ -71,11 +93,17 @@ def read_checkpoint(path: str, allow_code_execution: bool = False) -> dict:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='current')
     except Exception as error:  # torch.load raises many types for a bad file; name the file whatever it was
-        if 'Weights only load failed' in str(error):
+        if 'Weights only load failed' in str(error) and not remote:
+            try:
+                return torch.load(os.path.expanduser(path), map_location='cpu', weights_only=False,
+                                  pickle_module=_AllowListPickleModule)
+            except pickle.UnpicklingError as refusal:
+                error = refusal
+        if 'Weights only load failed' in str(error) or 'not on the allow-list' in str(error):
             raise CheckpointReadError(
                 f'{path} pickles objects outside the allow-list of mlla_mm.utils.checkpoint.SAFE_GLOBALS. If you '
                 f'trust the file, load it with allow_code_execution=True (this executes code in the file), or '
-                f'save its weights alone. torch said: {str(error).splitlines()[-1]}') from error
+                f'save its weights alone. ({str(error).splitlines()[0]})') from error
         raise CheckpointReadError(f'cannot read checkpoint {path}: it is corrupted, truncated or not a PyTorch '
                                   f'checkpoint ({type(error).__name__}: {error})') from error
     return checkpoint
