@@ -16,8 +16,8 @@ Backward, with g = dy * C:
 - ``_state_fusion_border_bwd_kernel`` (one program per block of border pixels): dh on the first/last row and column,
   where clamping folds every tap that left the map onto the border. Clamping is separable, so the sources of target
   q through tap (dr, dc) are a rectangle: rows {r : clamp(r + dr) = q_row} (an interval of at most |dr| + 1 rows)
-  times the matching columns; the kernel sums g over it. Each pixel is written by exactly one program of one kernel,
-  so dh needs no atomics and no zero fill.
+  times the matching columns; the kernel sums g over it (runtime loops over the taps: few pixels, short code).
+Each pixel is written by exactly one program of one kernel, so dh needs no atomics and no zero fill.
 The host reduces the partial sums and applies the chain rule to the three kernels and alpha.
 
 Sizes (channels, H, W, L, number of border pixels, splits) are runtime arguments listed in ``do_not_specialize``; the
@@ -163,25 +163,26 @@ def _state_fusion_border_bwd_kernel(w_ptr, c_ptr, dy_ptr, dh_ptr, channels, heig
     row = tl.where(valid, row, 0)
     col = tl.where(valid, col, 0)
 
+    # Runtime loops (few pixels, and a fully unrolled 25-tap x 6 x 6 body compiles for minutes). The skipped
+    # centre taps of kernels 1 and 2 have weight 0 in the table.
     dh = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-    for k in tl.static_range(3):
-        for i in tl.static_range(3):
-            for j in tl.static_range(3):
-                if k == 0 or i * 3 + j != 4:
-                    w = tl.load(w_ptr + channel * 27 + (k * 9 + i * 3 + j), mask=channel_mask, other=0.0)
-                    row_low, row_high = _source_interval(row, (i - 1) * (2 * k + 1), height)
-                    col_low, col_high = _source_interval(col, (j - 1) * (2 * k + 1), width)
-                    # An interval spans |offset| + 1 sources at most, a single one for a zero offset.
-                    for di in tl.static_range(1 + (2 * k + 1) * (i - 1) * (i - 1)):
-                        for dj in tl.static_range(1 + (2 * k + 1) * (j - 1) * (j - 1)):
-                            src_row = row_low + di
-                            src_col = col_low + dj
-                            take = valid & (src_row <= row_high) & (src_col <= col_high)
-                            src = src_row * width + src_col
-                            dy = tl.load(dy_ptr + planes + src[None, :], mask=channel_mask[:, None] & take[None, :],
-                                         other=0.0)
-                            c = tl.load(c_ptr + c_row + src, mask=take, other=0.0)
-                            dh += w[:, None] * (dy.to(tl.float32) * c.to(tl.float32)[None, :])
+    for tap in range(27):
+        dilation = 2 * (tap // 9) + 1
+        row_offset = ((tap % 9) // 3 - 1) * dilation
+        col_offset = (tap % 3 - 1) * dilation
+        w = tl.load(w_ptr + channel * 27 + tap, mask=channel_mask, other=0.0)
+        row_low, row_high = _source_interval(row, row_offset, height)
+        col_low, col_high = _source_interval(col, col_offset, width)
+        # An interval spans |offset| + 1 sources at most.
+        for di in range(0, tl.abs(row_offset) + 1):
+            for dj in range(0, tl.abs(col_offset) + 1):
+                src_row = row_low + di
+                src_col = col_low + dj
+                take = valid & (src_row <= row_high) & (src_col <= col_high)
+                src = src_row * width + src_col
+                dy = tl.load(dy_ptr + planes + src[None, :], mask=channel_mask[:, None] & take[None, :], other=0.0)
+                c = tl.load(c_ptr + c_row + src, mask=take, other=0.0)
+                dh += w[:, None] * (dy.to(tl.float32) * c.to(tl.float32)[None, :])
     target = row * width + col
     tl.store(dh_ptr + planes + target[None, :], dh.to(dh_ptr.dtype.element_ty),
              mask=channel_mask[:, None] & valid[None, :])
@@ -259,8 +260,9 @@ def state_fusion_bwd(dy: torch.Tensor, h: torch.Tensor, kernel_3: torch.Tensor, 
     kernels = torch.stack([kernel_3, kernel_3_1, kernel_3_2], dim=1).reshape(channels, 3, 9)
     dkernels = (dw * alpha[None, :, None]).view(channels, 3, 1, 3, 3)
     dalpha = (dw * kernels).sum((0, 2))
-    return (dh, dkernels[:, 0].contiguous(), dkernels[:, 1].contiguous(), dkernels[:, 2].contiguous(), dalpha,
-            dc.view(C.shape).to(C.dtype), dd.sum((0, 1)), du)
+    # Separate copies: a custom op's outputs may not alias each other (slices of one tensor would, for one channel).
+    dkernel_3, dkernel_3_1, dkernel_3_2 = (grad.clone() for grad in dkernels.unbind(1))
+    return dh, dkernel_3, dkernel_3_1, dkernel_3_2, dalpha, dc.view(C.shape).to(C.dtype), dd.sum((0, 1)), du
 
 
 @state_fusion_bwd.register_fake
