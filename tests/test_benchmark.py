@@ -42,7 +42,8 @@ def assert_png(path):
 @pytest.fixture(scope='module')
 def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('bench')
-    code = benchmark.main(['--models', 'mlla_test,timm:convnext_atto', '--sizes', '64,128', '--out', str(out), *FAST])
+    code = benchmark.main(['--models', 'mlla_test,vmamba_test@torch,timm:convnext_atto', '--sizes', '64,128',
+                           '--out', str(out), *FAST])
     return code, out
 
 
@@ -54,10 +55,11 @@ def test_cpu_run_writes_json_csv_and_plots_with_both_models(cpu_run):
     header, rows = saved['header'], saved['results']
     assert header['device_type'] == 'cpu' and header['versions']['torch'] == torch.__version__
     assert 'commit' in header and header['args']['sizes'] == [[64, 64], [128, 128]]
-    assert header['kernel_backends_used'] == {'linear_attention': ['torch']}
+    assert header['kernel_backends_used']['linear_attention'] == ['torch']
+    assert header['kernel_backends_used']['selective_scan'] == ['torch']
     assert [(r['model'], r['size']) for r in rows] == [
-        ('mlla_test@auto', '64x64'), ('mlla_test@auto', '128x128'),
-        ('timm:convnext_atto', '64x64'), ('timm:convnext_atto', '128x128')]
+        ('mlla_test@auto', '64x64'), ('mlla_test@auto', '128x128'), ('vmamba_test@torch', '64x64'),
+        ('vmamba_test@torch', '128x128'), ('timm:convnext_atto', '64x64'), ('timm:convnext_atto', '128x128')]
     for row in rows:
         assert set(row) == set(benchmark.FIELDS) and row['status'] == 'ok' and row['batch'] == 1 and not row['error']
         assert row['img_per_s'] > 0 and row['ms_per_img'] == pytest.approx(1e3 / row['img_per_s'], rel=0.01)
@@ -80,7 +82,8 @@ def test_cpu_run_writes_json_csv_and_plots_with_both_models(cpu_run):
 def test_plots_draw_one_line_per_model_and_replot_from_json(cpu_run, tmp_path):
     _, out = cpu_run
     drawn = benchmark.replot(str(out / 'benchmark.json'), str(tmp_path))
-    assert drawn == {name: ['mlla_test@auto', 'timm:convnext_atto'] for name in ('throughput.png', 'memory.png')}
+    labels = ['mlla_test@auto', 'vmamba_test@torch', 'timm:convnext_atto']
+    assert drawn == {name: labels for name in ('throughput.png', 'memory.png')}
     for name in drawn:
         assert_png(tmp_path / name)
     assert benchmark.main(['--replot', str(out / 'benchmark.json'), '--out', str(tmp_path / 'again')]) == 0
@@ -123,12 +126,12 @@ def test_out_of_memory_errors_are_recognised(error):
 def test_out_of_memory_is_recorded_and_the_run_goes_on(monkeypatch, tmp_path):
     real_make_step = benchmark.make_step
 
-    def make_step(runner, data, mode, dtype, device):
+    def make_step(model, library, data, args):
         if data.shape[-1] == 128:
             def step():
                 raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 80.00 GiB')
             return step
-        return real_make_step(runner, data, mode, dtype, device)
+        return real_make_step(model, library, data, args)
 
     monkeypatch.setattr(benchmark, 'make_step', make_step)
     code = benchmark.main(['--models', 'mlla_test@torch', '--sizes', '128,64', '--no-flops', '--out', str(tmp_path),
@@ -145,7 +148,7 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(monkeypatch, tmp_path):
 
 
 def test_other_failures_are_recorded_as_errors_with_exit_status_1(monkeypatch, tmp_path):
-    def make_step(runner, data, mode, dtype, device):
+    def make_step(model, library, data, args):
         def step():
             raise ValueError('broken step')
         return step
@@ -174,6 +177,7 @@ def test_unknown_model_lists_the_known_ones(capsys):
     (['--models', 'mlla_test', '--sizes', '0x224'], "bad size '0x224'"),
     (['--models', 'mlla_test', '--sizes', '224x'], "bad size '224x'"),
     (['--models', 'mlla_test', '--backends', 'cuda'], "unknown backend(s) ['cuda']"),
+    (['--models', 'mlla_test', '--iters', '0'], 'must be positive'),
     (['--models', 'convnext_t@torch'], 'convnext_t has no mlla_mm kernels'),
     (['--models', 'mlla_t@fast'], "unknown backend 'fast'"),
     (['--models', 'timm:not_a_timm_model'], "timm has no model 'not_a_timm_model'"),
@@ -188,8 +192,8 @@ def test_bad_arguments_give_clear_errors(capsys, argv, expected):
     assert expected in capsys.readouterr().err
 
 
-def test_parse_sizes():
-    assert benchmark.parse_sizes('224, 800x1333,1024X512') == [(224, 224), (800, 1333), (1024, 512)]
+def test_parse_size():
+    assert [benchmark.parse_size(s) for s in ('224', '800x1333', '1024X512')] == [(224, 224), (800, 1333), (1024, 512)]
 
 
 def test_pixels_per_batch_sets_the_batch_per_size(tmp_path):
@@ -208,14 +212,38 @@ def test_help_documents_the_options():
     assert result.returncode == 0
     for option in ('--models', '--backends', '--sizes', '--batch', '--pixels-per-batch', '--dtype', '--channels-last',
                    '--mode', '--warmup', '--iters', '--device', '--out', '--replot', '--cfg-options', 'OOM',
-                   'swin_t', 'convnext_t', 'mambaout_t', 'FlopAnalyzer', 'cuDNN'):
+                   'swin_t', 'convnext_t', 'mambaout_t', 'timm:NAME', 'FlopAnalyzer', 'cuDNN', 'mlla_t', 'vmamba_t'):
         assert option in result.stdout
 
 
-def test_environment_report_names_versions_and_commit(tmp_path):
-    from mlla_mm.utils.env import environment_report, git_state
-    report = environment_report('cpu')
-    assert report['device_type'] == 'cpu' and 'logical cores' in report['device']
+def test_environment_header_names_device_versions_and_commit():
+    from mlla_mm.benchmark import environment
+    report = environment(torch.device('cpu'))
+    assert report['device_type'] == 'cpu' and 'cores' in report['device']
     assert report['versions']['torch'] == torch.__version__ and report['versions']['mmdet'] is not None
+    assert report['versions']['mlla_mm'] is not None and report['env']['MMEngine']
     assert report['commit'] is None or len(report['commit']) == 40
-    assert git_state(str(tmp_path)) == {'commit': None, 'dirty': None}
+
+
+def test_timer_measures_a_known_sleep():
+    """The one timer (also tools/benchmark_kernels.py's): mean milliseconds per call."""
+    import time
+    from mlla_mm.benchmark import time_ms
+    calls = []
+    ms = time_ms(lambda: (calls.append(1), time.sleep(0.01)), iters=4, warmup=2)
+    assert len(calls) >= 2 + 4 and 9.5 < ms < 200, (len(calls), ms)
+
+
+def test_flop_analyzer_counts_a_conv_exactly():
+    from mlla_mm.benchmark import flop_analyzer
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert flop_analyzer(conv, (10, 12)).total() == 3 * 8 * 9 * 10 * 12  # multiply-adds
+
+
+def test_synthetic_batch_fixture(mm_batch):
+    det = mm_batch('mmdet', batch=2, size=(48, 64), num_classes=4)
+    assert [tuple(image.shape) for image in det['inputs']] == [(3, 48, 64)] * 2
+    assert all(s.gt_instances.labels.max() < 4 and len(s.gt_instances.masks) for s in det['data_samples'])
+    seg = mm_batch('mmseg', batch=1, size=40, num_classes=5)
+    assert seg['inputs'][0].dtype == torch.uint8 and seg['data_samples'][0].gt_sem_seg.data.shape == (1, 40, 40)
+    assert int(seg['data_samples'][0].gt_sem_seg.data.max()) < 5

@@ -53,7 +53,7 @@ EOF
   || echo "setup_env.sh: warning: tested with Python 3.11, this is $("$PY" --version 2>&1)"
 
 BASE_PKGS=(setuptools torch torchvision triton mmengine timm pycocotools numpy opencv-python scipy shapely
-           terminaltables matplotlib prettytable ftfy regex pillow pytest)
+           terminaltables matplotlib prettytable ftfy regex pillow psutil pytest)
 step 1/5 "base packages: torch, torchvision, mmengine, timm and the runtime deps of mmdet/mmseg"
 missing="$(unmet "${BASE_PKGS[@]}")"
 if [ -z "$missing" ]; then
