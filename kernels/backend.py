@@ -4,6 +4,28 @@
 - ``auto`` runs Triton on CUDA tensors and the PyTorch reference elsewhere, and says so once;
   ``MLLA_MM_STRICT=1`` makes ``auto`` raise instead of falling back.
 - ``triton`` raises where Triton cannot run. On a CPU it runs only under ``TRITON_INTERPRET=1`` (used by the tests).
+
+The pattern every op follows, so that ``torch.compile(model, fullgraph=True, dynamic=True)`` has no graph break:
+
+1. The public function (``kernels/<op>/__init__.py``) checks its inputs and calls ``select_backend`` in plain Python.
+   Under dynamo this is traced like any other Python: the environment reads are plain ``os.environ.get`` (dynamo
+   supports them and guards on them), and the report (a ``logger.info``, a dynamo graph break) is skipped while
+   ``torch.compiler.is_compiling()``: the eager run before or after compilation still reports.
+2. The ``torch`` backend is plain differentiable PyTorch; dynamo traces it directly.
+3. The ``triton`` backend is a torch custom op (``kernels/<op>/triton.py``)::
+
+       @torch.library.custom_op('mlla_mm::<op>_fwd', mutates_args=())
+       def _fwd(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:  # launches the kernels
+       @_fwd.register_fake
+       def _(x, size): ...                        # empty outputs of the right shapes (SymInt-friendly)
+       torch.library.register_autograd('mlla_mm::<op>_fwd', backward, setup_context=setup_context)
+
+   where ``backward`` calls a second custom op (``<op>_bwd``, with its own fake) that launches the backward kernels.
+   Dynamo then sees one opaque node per launch group; ``import triton`` happens inside the op bodies (and in
+   ``triton.py``, which the public function imports lazily), never at ``import mlla_mm``.
+4. Kernel size arguments are runtime ints listed in ``do_not_specialize``; constexprs depend on the model (dtype,
+   head dim, d_state), never on the input size, so a new image size neither recompiles the kernels nor (with
+   ``dynamic=True``) the graph.
 """
 import logging
 import os
@@ -59,6 +81,9 @@ def select_backend(op: str, backend, device: torch.device) -> str:
 
 
 def _report(op, backend, why):
+    if torch.compiler.is_compiling():
+        # Inside a dynamo trace: logging would break the graph. The eager call (or the next one) reports instead.
+        return backend
     if backend not in _used.setdefault(op, set()):
         _used[op].add(backend)
         logger.info('%s runs on the %s backend (%s)', op, backend, why)

@@ -3,7 +3,9 @@
 Each program takes a BLOCK_H x BLOCK_W tile of one (batch, channel) plane. The scan loads the tile once and stores
 it to the four routes (row-major, column-major and their reverses); the merge loads the four routes and stores
 their float32 sum. The scan's backward is the merge and vice versa. H, W and C are runtime arguments, so a new
-input size reuses the compiled kernel (upstream's constexpr sizes recompile for every shape).
+input size reuses the compiled kernel (upstream's constexpr sizes recompile for every shape); they are listed in
+``do_not_specialize``, so not even the ==1 / %16 specialisations add variants: one per (dtype, direction).
+The Triton path is a pair of torch custom ops (``mlla_mm::cross_scan``, ``mlla_mm::cross_merge``).
 """
 import torch
 import triton
@@ -13,7 +15,7 @@ BLOCK_H = 32
 BLOCK_W = 32
 
 
-@triton.jit
+@triton.jit(do_not_specialize=('channels', 'height', 'width'))
 def _cross_scan_kernel(map_ptr, routes_ptr, channels, height, width, MERGE: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     plane = tl.program_id(0)  # batch * channels + channel
@@ -56,46 +58,60 @@ def _run(feature_map, routes, merge):
                              BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)
 
 
-def _scan(x):
+# Custom ops (kernels/backend.py explains the pattern): torch.compile sees each launch as one node, and the
+# scan's backward is the merge and vice versa.
+@torch.library.custom_op('mlla_mm::cross_scan', mutates_args=())
+def _cross_scan_op(x: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     routes = x.new_empty(batch, 4, channels, height * width)
     _run(x.contiguous(), routes, merge=False)
     return routes
 
 
-def _merge(y, height, width):
+@_cross_scan_op.register_fake
+def _(x):
+    batch, channels, height, width = x.shape
+    return x.new_empty(batch, 4, channels, height * width)
+
+
+@torch.library.custom_op('mlla_mm::cross_merge', mutates_args=())
+def _cross_merge_op(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     batch, _, channels, _ = y.shape
     merged = y.new_empty(batch, channels, height, width)
     _run(merged, y.contiguous(), merge=True)
     return merged
 
 
-class CrossScanFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.hw = x.shape[2:]
-        return _scan(x)
-
-    @staticmethod
-    def backward(ctx, grad_routes):
-        return _merge(grad_routes, *ctx.hw)
+@_cross_merge_op.register_fake
+def _(y, height, width):
+    return y.new_empty(y.shape[0], y.shape[2], height, width)
 
 
-class CrossMergeFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, height, width):
-        return _merge(y, height, width)
+def _scan_setup(ctx, inputs, output):
+    ctx.hw = inputs[0].shape[2:]
 
-    @staticmethod
-    def backward(ctx, grad_map):
-        return _scan(grad_map), None, None
+
+def _scan_backward(ctx, grad_routes):
+    return _cross_merge_op(grad_routes, *ctx.hw)
+
+
+def _merge_setup(ctx, inputs, output):
+    pass
+
+
+def _merge_backward(ctx, grad_map):
+    return _cross_scan_op(grad_map), None, None
+
+
+_cross_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
+_cross_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup)
 
 
 def cross_scan_triton(x):
     """x [B, C, H, W] -> [B, 4, C, H * W]; see ``cross_scan_reference``."""
-    return CrossScanFunction.apply(x)
+    return _cross_scan_op(x)
 
 
 def cross_merge_triton(y, height, width):
     """y [B, 4, C, H * W] -> [B, C, H, W] in y's dtype; see ``cross_merge_reference``."""
-    return CrossMergeFunction.apply(y, height, width)
+    return _cross_merge_op(y, height, width)
