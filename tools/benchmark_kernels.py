@@ -1,27 +1,31 @@
 #!/usr/bin/env python
-"""Speed of the fused Triton linear attention against the PyTorch reference, as a fraction of the HBM roofline.
+"""Speed of the linear attention, the op alone and MLLA's whole mixer layer, on the Triton and PyTorch backends.
 
-For every shape (batch, heads, height x width, head dim 32 unless --dim) and every backend (triton, torch) it times,
+For every shape (batch, heads, height x width, head dim 32 unless --dim), level and backend (triton, torch) it times,
 with triton.testing.do_bench (median; do_bench flushes L2 between runs):
-  - fwd:      out = linear_attention(q, k, v, (height, width));
-  - fwd+bwd:  the forward and torch.autograd.grad of out w.r.t. q, k, v with a fixed random grad_out.
-q and k are strided views of one [B, N, 2C] tensor and v is a [B, N, C] tensor, as MLLA passes them.
+  - level 'op':    out = linear_attention(qk, v, (height, width)) with MLLA's setting, qk the packed [B, N, 2C]
+                   projection output and v a [B, N, H, D] view of a [B, N, C] tensor, as the layer passes them;
+                   fwd+bwd takes torch.autograd.grad w.r.t. qk and v (one packed gradient of qk);
+  - level 'layer': mlla_mm.layers.LinearAttention (the qk projection, the op and LePE) on a [B, H, W, C] map;
+                   fwd+bwd takes the gradient w.r.t. the input and every parameter.
+  - launches:      CUDA kernels (and memsets / copies) one call makes, counted with torch.profiler.
 
-Bytes (b = bytes per element, C = heads * dim, per token; kernels.md §1-2):
-  - bytes_min fwd     = 4 * b * C   q, k, v read once, out written once;
-  - bytes_min fwd+bwd = 11 * b * C  the forward's 4, then the backward reads q, k, v (again: the forward's reads are
-                                    gone from cache at these sizes) and grad_out, and writes dq, dk, dv (7);
-  - bytes_algo adds what the Triton kernel moves besides: its fp32 per-chunk partial states (written, then read by
-    the reduction) and the reduced state (written, then read), D*D + D floats per (batch, head) each.
+Bytes of the op (b = bytes per element, C = heads * dim, per token; kernels.md sec. 1-2):
+  - bytes_min fwd     = 4 * b * C   qk (2C) and v (C) read once, out written once;
+  - bytes_min fwd+bwd = 11 * b * C  the forward's 4, then the backward reads qk, v (again: the forward's reads are
+                                    gone from cache at these sizes) and grad_out, and writes dqk, dv (7);
+  - bytes_algo adds what the Triton kernels move besides: the fp32 per-chunk partial states (written, then read by
+    the last program of each (batch, head)) and the reduced state (written, then read), D*D + D floats each.
 GB/s = bytes / time; roofline fraction = GB/s / peak HBM bandwidth (--peak-bw, or the table PEAK_BANDWIDTH by GPU
-name). 'eff_min' uses bytes_min, 'eff_algo' bytes_algo; the torch reference is rated against the same bytes_min.
+name). 'eff_min' uses bytes_min, 'eff_algo' bytes_algo; the torch reference is rated against the same bytes_min. The
+layer (a GEMM, a depthwise conv and the op) gets times, launches and speed-ups only.
 
-After the table it runs the forward and backward over --recompile-sizes more grid sizes and prints how many compiled
-variants each Triton kernel holds: one per (dtype, head dim) means no recompilation per image size.
+After the table it runs the op forward and backward over --recompile-sizes more grid sizes and prints how many
+compiled variants each Triton kernel holds: one per (dtype, head dim) means no recompilation per image size.
 
 Needs a CUDA GPU (the Triton interpreter would measure Python). Examples:
   python tools/benchmark_kernels.py --out work_dirs/kernels_h100.json
-  python tools/benchmark_kernels.py --dtype fp16 --shapes 2x2x200x336,128x2x56x56 --peak-bw 4.8e12
+  python tools/benchmark_kernels.py --dtype fp16 --levels layer --shapes 2x2x200x336,128x2x56x56 --peak-bw 4.8e12
 """
 import argparse
 import json
@@ -58,6 +62,9 @@ def parse_args(argv=None):
                         help='comma list of triton, torch (default: %(default)s)')
     parser.add_argument('--modes', type=choice_list('fwd', 'fwd+bwd'), default='fwd,fwd+bwd',
                         help='comma list of fwd, fwd+bwd (default: %(default)s)')
+    parser.add_argument('--levels', type=choice_list('op', 'layer'), default='op,layer',
+                        help='comma list of op (the linear attention alone), layer (MLLA\'s mixer: qk projection, '
+                        'op, LePE) (default: %(default)s)')
     parser.add_argument('--peak-bw', type=float, help='peak HBM bandwidth in bytes/s (default: by GPU name)')
     parser.add_argument('--warmup', type=int, default=25, help='do_bench warm-up time in ms')
     parser.add_argument('--rep', type=int, default=100, help='do_bench measuring time in ms')
@@ -105,32 +112,63 @@ def peak_bandwidth(name, override):
 
 
 def make_inputs(batch, heads, height, width, dim, dtype, seed=0):
+    """qk [B, N, 2C] and v [B, N, H, D] (a view of [B, N, C]) as leaves, and grad_out [B, N, H, D]."""
     gen = torch.Generator(device='cuda').manual_seed(seed)
     tokens, channels = height * width, heads * dim
-    qk = torch.randn(batch, tokens, 2 * channels, device='cuda', dtype=dtype, generator=gen)
+    qk = torch.randn(batch, tokens, 2 * channels, device='cuda', dtype=dtype, generator=gen).requires_grad_()
     v = torch.randn(batch, tokens, channels, device='cuda', dtype=dtype, generator=gen)
-    q = qk[..., :channels].view(batch, tokens, heads, dim).detach().requires_grad_()
-    k = qk[..., channels:].view(batch, tokens, heads, dim).detach().requires_grad_()
-    v = v.view(batch, tokens, heads, dim).requires_grad_()
+    v = v.view(batch, tokens, heads, dim).detach().requires_grad_()
     grad_out = torch.randn(batch, tokens, heads, dim, device='cuda', dtype=dtype, generator=gen)
-    return q, k, v, grad_out
+    return qk, v, grad_out
 
 
 def state_bytes(batch, heads, tokens, dim, dtype):
-    """Extra HBM bytes of the Triton kernel per pass pair: partial states written and read, reduced state written and
-    read once."""
+    """Extra HBM bytes of the Triton kernels per reduction: partial states written and read, reduced state written
+    and read once."""
     from mlla_mm.kernels.linear_attention import triton as la_triton
-    _, reduce_n, _, _ = la_triton._config(dim, dtype)
+    _, reduce_n, _, _ = la_triton._config(dim, dim, dtype)
     _, chunks = la_triton._chunking(tokens, batch * heads, reduce_n, torch.device('cuda'))
     record = batch * heads * (dim * dim + dim) * 4
     return 2 * record * (chunks if chunks > 1 else 0) + 2 * record
 
 
+def count_launches(fn):
+    """CUDA-side events (kernels, memsets, copies) of one call of fn, from torch.profiler."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for event in prof.events() if event.device_type == DeviceType.CUDA)
+
+
+def workloads(level, backend, batch, heads, height, width, dim, dtype):
+    """{'fwd': callable, 'fwd+bwd': callable} for one level and backend."""
+    from mlla_mm.kernels import linear_attention
+    from mlla_mm.layers import LinearAttention
+
+    if level == 'op':
+        qk, v, grad_out = make_inputs(batch, heads, height, width, dim, dtype)
+
+        def forward():
+            return linear_attention(qk, v, (height, width), backend=backend)
+        leaves = (qk, v)
+    else:
+        layer = LinearAttention(heads * dim, heads, backend=backend).to(device='cuda', dtype=dtype)
+        x = torch.randn(batch, height, width, heads * dim, device='cuda', dtype=dtype, requires_grad=True)
+        grad_out = torch.randn_like(x)
+
+        def forward():
+            return layer(x)
+        leaves = (x, *layer.parameters())
+    return {'fwd': forward, 'fwd+bwd': lambda: torch.autograd.grad(forward(), leaves, grad_out)}
+
+
 def bench(args):
-    import triton
     import triton.testing
 
-    from mlla_mm.kernels import linear_attention
     from mlla_mm.utils.env import environment_report
 
     dtype, dim = DTYPES[args.dtype], args.dim
@@ -140,40 +178,39 @@ def bench(args):
     print(f"# {header['device']} | torch {header['versions']['torch']} | triton {header['versions']['triton']} | "
           f"mlla_mm {header['versions']['mlla_mm']} | commit {header['commit']}{' (dirty)' if header['dirty'] else ''}"
           f" | peak {header['peak_bandwidth'] / 1e12:.2f} TB/s | {args.dtype}, d={dim}")
-    print(f"{'B':>4} {'heads':>5} {'HxW':>9} {'N':>6} {'mode':>8} {'backend':>7} {'ms':>8} {'GB/s':>7} "
-          f"{'eff_min':>7} {'eff_algo':>8} {'speedup':>7}")
+    print(f"{'B':>4} {'heads':>5} {'HxW':>9} {'N':>6} {'level':>5} {'mode':>8} {'backend':>7} {'ms':>8} "
+          f"{'launch':>6} {'GB/s':>7} {'eff_min':>7} {'eff_algo':>8} {'speedup':>7}")
     rows = []
-    backends = args.backends
     for batch, heads, height, width in args.shapes:
         tokens = height * width
-        q, k, v, grad_out = make_inputs(batch, heads, height, width, dim, dtype)
         per_token = batch * tokens * heads * dim * dtype.itemsize
-        for mode in args.modes:
-            bytes_min = (4 if mode == 'fwd' else 11) * per_token
-            extra = state_bytes(batch, heads, tokens, dim, dtype) * (1 if mode == 'fwd' else 2)
-            mode_rows = []
-            for backend in backends:
-                def forward():
-                    return linear_attention(q, k, v, (height, width), backend=backend)
-
-                def forward_backward():
-                    return torch.autograd.grad(forward(), (q, k, v), grad_out)
-
-                ms = triton.testing.do_bench(forward if mode == 'fwd' else forward_backward, warmup=args.warmup,
-                                             rep=args.rep, return_mode='median')
-                bytes_algo = bytes_min + extra if backend == 'triton' else None
-                mode_rows.append(dict(
-                    batch=batch, heads=heads, height=height, width=width, tokens=tokens, dim=dim, dtype=args.dtype,
-                    mode=mode, backend=backend, ms=ms, bytes_min=bytes_min, bytes_algo=bytes_algo,
-                    gb_s=bytes_min / ms * 1e-6, eff_min=bytes_min / (ms * 1e-3) / header['peak_bandwidth'],
-                    eff_algo=bytes_algo / (ms * 1e-3) / header['peak_bandwidth'] if bytes_algo else None))
-            torch_ms = {row['backend']: row['ms'] for row in mode_rows}.get('torch')
-            for row in mode_rows:
-                row['speedup_vs_torch'] = torch_ms / row['ms'] if torch_ms else None
-                print(format_row(row))
-            rows.extend(mode_rows)
-        del q, k, v, grad_out
-    compilations = count_compilations(args, dtype, dim) if 'triton' in backends and args.recompile_sizes else None
+        for level in args.levels:
+            runs = {backend: workloads(level, backend, batch, heads, height, width, dim, dtype)
+                    for backend in args.backends}
+            for mode in args.modes:
+                bytes_min = (4 if mode == 'fwd' else 11) * per_token if level == 'op' else None
+                extra = state_bytes(batch, heads, tokens, dim, dtype) * (1 if mode == 'fwd' else 2)
+                mode_rows = []
+                for backend in args.backends:
+                    fn = runs[backend][mode]
+                    ms = triton.testing.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode='median')
+                    bytes_algo = bytes_min + extra if bytes_min and backend == 'triton' else None
+                    peak = header['peak_bandwidth']
+                    mode_rows.append(dict(
+                        batch=batch, heads=heads, height=height, width=width, tokens=tokens, dim=dim,
+                        dtype=args.dtype, level=level, mode=mode, backend=backend, ms=ms,
+                        launches=count_launches(fn), bytes_min=bytes_min, bytes_algo=bytes_algo,
+                        gb_s=bytes_min / ms * 1e-6 if bytes_min else None,
+                        eff_min=bytes_min / (ms * 1e-3) / peak if bytes_min else None,
+                        eff_algo=bytes_algo / (ms * 1e-3) / peak if bytes_algo else None))
+                torch_ms = {row['backend']: row['ms'] for row in mode_rows}.get('torch')
+                for row in mode_rows:
+                    row['speedup_vs_torch'] = torch_ms / row['ms'] if torch_ms else None
+                    print(format_row(row))
+                rows.extend(mode_rows)
+            del runs
+    compilations = count_compilations(args, dtype, dim) if 'triton' in args.backends and args.recompile_sizes \
+        else None
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
@@ -186,9 +223,10 @@ def format_row(row):
         return '-' if x is None else f'{x:.1%}'
     grid = f"{row['height']}x{row['width']}"
     speedup = '-' if row['speedup_vs_torch'] is None else f"{row['speedup_vs_torch']:.2f}x"
-    return (f"{row['batch']:>4} {row['heads']:>5} {grid:>9} {row['tokens']:>6} {row['mode']:>8} {row['backend']:>7} "
-            f"{row['ms']:>8.4f} {row['gb_s']:>7.0f} {percent(row['eff_min']):>7} {percent(row['eff_algo']):>8} "
-            f"{speedup:>7}")
+    gb_s = '-' if row['gb_s'] is None else f"{row['gb_s']:.0f}"
+    return (f"{row['batch']:>4} {row['heads']:>5} {grid:>9} {row['tokens']:>6} {row['level']:>5} {row['mode']:>8} "
+            f"{row['backend']:>7} {row['ms']:>8.4f} {row['launches']:>6} {gb_s:>7} {percent(row['eff_min']):>7} "
+            f"{percent(row['eff_algo']):>8} {speedup:>7}")
 
 
 def count_compilations(args, dtype, dim):
@@ -199,8 +237,8 @@ def count_compilations(args, dtype, dim):
     rng = random.Random(0)
     sizes = [(rng.randint(1, 300), rng.randint(1, 300)) for _ in range(args.recompile_sizes)]
     for height, width in sizes:
-        q, k, v, grad_out = make_inputs(rng.randint(1, 3), 2, height, width, dim, dtype)
-        torch.autograd.grad(linear_attention(q, k, v, (height, width), backend='triton'), (q, k, v), grad_out)
+        qk, v, grad_out = make_inputs(rng.randint(1, 3), 2, height, width, dim, dtype)
+        torch.autograd.grad(linear_attention(qk, v, (height, width), backend='triton'), (qk, v), grad_out)
     torch.cuda.synchronize()
     device = torch.cuda.current_device()
     kernels = ('_fwd_state_kernel', '_fwd_out_kernel', '_bwd_state_kernel', '_bwd_kv_kernel')

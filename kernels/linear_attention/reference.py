@@ -1,4 +1,4 @@
-"""Generalised non-causal linear attention in plain PyTorch: the ground truth that the Triton kernels are tested against.
+"""Generalised non-causal linear attention in plain PyTorch: the ground truth the Triton kernels are tested against.
 
 Per batch b and value head h, tokens n = 1..N of an H x W grid (N = H * W), with q_n, k_n the query / key of head h
 (or the one query / key every head shares) and v_n the value of head h:

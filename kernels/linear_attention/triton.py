@@ -360,10 +360,10 @@ def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, out_ptr,
                                    FEATURE_ELU)
     cos, sin = _rope_cos_sin(offs_n, width, qk_head, qk_heads * DK, DK, BLOCK_DK, ROPE, FAST_SINCOS)
     qr_even, qr_odd = _rotate(q_even, q_odd, cos, sin, ROPE)
-    out = tl.dot(_smma(qr_even, dot_dtype, STATE_F32, INTERPRET_BF16), _smma(s_even, dot_dtype, STATE_F32, INTERPRET_BF16),
-                 input_precision=PRECISION)
-    out = tl.dot(_smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16), _smma(s_odd, dot_dtype, STATE_F32, INTERPRET_BF16), out,
-                 input_precision=PRECISION)
+    qr_even = _smma(qr_even, dot_dtype, STATE_F32, INTERPRET_BF16)
+    qr_odd = _smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16)
+    out = tl.dot(qr_even, _smma(s_even, dot_dtype, STATE_F32, INTERPRET_BF16), input_precision=PRECISION)
+    out = tl.dot(qr_odd, _smma(s_odd, dot_dtype, STATE_F32, INTERPRET_BF16), out, input_precision=PRECISION)
     if NORM == 0:
         z = 1.0 / (tl.sum(q_even * km_even[None, :] + q_odd * km_odd[None, :], axis=1) + _EPS)
         out = out * z[:, None]
@@ -438,7 +438,8 @@ def _bwd_state_kernel(q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, dstate_ptr, co
                                               dot_dtype, STATE_F32, NORM, PRECISION, INTERPRET_BF16)
         ds_even = tl.dot(tl.trans(_smma(qr_even, dot_dtype, STATE_F32, INTERPRET_BF16)), gc, ds_even,
                          input_precision=PRECISION)
-        ds_odd = tl.dot(tl.trans(_smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16)), gc, ds_odd, input_precision=PRECISION)
+        ds_odd = tl.dot(tl.trans(_smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16)), gc, ds_odd,
+                        input_precision=PRECISION)
         if NORM == 0:
             dkm_even += tl.sum(dden[:, None] * q_even, axis=0)
             dkm_odd += tl.sum(dden[:, None] * q_odd, axis=0)
@@ -685,9 +686,18 @@ def _chunking(n_tokens: int, programs: int, block_n: int, device: torch.device):
 
 
 def _bwd_kv_tile(apply_n, gate, shortcut, shared_qk):
-    """Tokens per _bwd_kv_kernel program: the apply tile for MLLA's setting; half of it (at least 16) where the
-    gate, the shortcut or the sums over shared-q/k heads hold more tiles live (spills at the full tile on sm_90)."""
-    return apply_n if gate is None and shortcut is None and not shared_qk else max(16, apply_n // 2)
+    """Tokens per _bwd_kv_kernel program. MLLA's setting: the apply tile. Shared q/k: 16, since each head step holds
+    the fp32 S and dS of its head (at Dk = Dv = 64, 32 tokens already spill ~600 B on sm_90, 16 tokens do not).
+    A gate or shortcut: half the apply tile (they hold two more tiles; the full tile spills at D = 32)."""
+    if shared_qk:
+        return 16
+    return apply_n if gate is None and shortcut is None else max(16, apply_n // 2)
+
+
+def _check_grid(tiles, n_tokens, block_n):
+    if tiles > 65535:  # CUDA's limit on grid axis 1
+        raise ValueError(f'linear_attention (triton): N={n_tokens} tokens make {tiles} tiles of {block_n}, over the '
+                         f'65535 a grid axis allows (use backend="torch" or smaller maps)')
 
 
 def split_qk(qk: torch.Tensor, heads: int, shared_qk: bool, qk_order: str):
@@ -723,6 +733,7 @@ def _forward(qk, v, gate, shortcut, width, feature_map, rope, norm, shared_qk, q
         BLOCK_N=reduce_n, BLOCK_R=REDUCE_BLOCK, num_warps=warps, num_stages=NUM_STAGES,
         FEATURE_ELU=options['FEATURE_ELU'], ROPE=options['ROPE'], NORM=options['NORM'], GATE=options['GATE'], **meta)
     out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    _check_grid(triton.cdiv(n_tokens, apply_n), n_tokens, apply_n)
     _fwd_out_kernel[(batch * heads, triton.cdiv(n_tokens, apply_n))](
         q, v, state, v if shortcut is None else shortcut, out, *q.stride(), *v.stride(), *out.stride(),
         n_tokens, width, heads, qk_heads,
@@ -755,6 +766,7 @@ def _backward(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, 
     dgate = None if gate is None else torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
     kv_n = _bwd_kv_tile(apply_n, gate, shortcut, shared_qk)
     tiles = triton.cdiv(n_tokens, kv_n)
+    _check_grid(tiles, n_tokens, kv_n)
     dshortcut_parts = None if shortcut is None else torch.empty(tiles, batch * heads, dv, device=v.device,
                                                                 dtype=torch.float32)
     heads_per_program = heads if shared_qk else 1
@@ -804,7 +816,8 @@ def _linear_attention_bwd(qk: torch.Tensor, v: torch.Tensor, gate: Optional[torc
 
 @_linear_attention_bwd.register_fake
 def _(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, norm, shared_qk, qk_order):
-    return (qk.new_empty(qk.shape), v.new_empty(v.shape), qk.new_empty(0) if gate is None else gate.new_empty(gate.shape),
+    return (qk.new_empty(qk.shape), v.new_empty(v.shape),
+            qk.new_empty(0) if gate is None else gate.new_empty(gate.shape),
             qk.new_empty(0) if shortcut is None else shortcut.new_empty(shortcut.shape))
 
 
