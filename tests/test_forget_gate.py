@@ -162,7 +162,7 @@ def test_custom_op_registration():
     """Fake (meta) implementation, schema and autograd registration of the Triton op, as torch.compile needs them."""
     from mlla_mm.kernels.forget_gate.triton import _forget_gate_fwd
     inputs = make_inputs(1, 20, 1, 16, 16, 'paper')
-    torch.library.opcheck(_forget_gate_fwd, (*inputs, 0.5, False, 16),
+    torch.library.opcheck(_forget_gate_fwd, (*inputs, 0.5, '4-direction', 4, 5, 16),
                           test_utils=('test_schema', 'test_autograd_registration', 'test_faketensor'))
 
 
@@ -213,7 +213,7 @@ def build(kernel, dtype, constexprs, num_warps):
                               options=dict(num_warps=num_warps))
     assert 'cubin' in compiled.asm, kernel.__name__
 
-for dtype, precision in (('fp32', 'ieee'), ('bf16', 'tf32')):
+for dtype, precision in (('fp32', 'tf32x3'), ('bf16', 'tf32')):
     meta = dict(DK=32, DV=32, BK=32, BV=32, BT=16, PRECISION=precision)
     build(forget_gate_triton._segment_state_kernel, dtype, meta, 4)
     for kernel in (forget_gate_triton._output_kernel, forget_gate_triton._dq_kernel, forget_gate_triton._dkv_kernel):

@@ -14,8 +14,9 @@ Why: ../shared/reference/mlla_ablations.md section 4.4 -- at the paper's shallow
 global cumsum over a COCO stage-1 sequence (~60k tokens) reaches ~ -1e5, where float32 has no digits left for the
 differences. So: cumulative decays in float32, chunk-local, and only exponents <= 0.
 
-``apply_directions`` builds the bidirectional and 4-direction variants out of any causal core (this one or the
-Triton kernel): the routes are stacked along the batch, run through one causal call, mapped back and summed.
+``apply_directions`` builds the bidirectional and 4-direction variants out of the causal core: the routes are stacked
+along the batch (``stack_routes``), run through one causal call, mapped back and summed (``merge_routes``); the
+Triton op does the same inside its forward and backward.
 ``naive_recurrence`` is the token-by-token definition above; tests use it as the oracle, nothing else should.
 """
 import torch
@@ -87,46 +88,59 @@ def chunked_forget_gate(q, k, v, g, scale=1.0):
     return out[:, :tokens]
 
 
-def _shift_gates(g):
-    """Gates for a reversed route: step t applies the gate of the token crossed in the forward route, g[t - 1]."""
-    return F.pad(g[:, :-1], (0, 0, 0, 0, 1, 0))
+def routes(direction, hw):
+    """The scan routes of ``direction``: (to_route, from_route, reversed) for [B, N, ...] tensors. The forward
+    routes come first; a reversed route runs its forward route backwards."""
+    identity, flip = (lambda x: x), (lambda x: x.flip(1))
+    if direction == 'causal':
+        return [(identity, identity, False)]
+    if direction == 'bidirectional':
+        return [(identity, identity, False), (flip, flip, True)]
+    height, width = hw
+
+    def column_major(x):
+        return x.unflatten(1, (height, width)).transpose(1, 2).flatten(1, 2)
+
+    def from_column_major(x):
+        return x.unflatten(1, (width, height)).transpose(1, 2).flatten(1, 2)
+
+    return [(identity, identity, False), (column_major, from_column_major, False),
+            (flip, flip, True), (lambda x: column_major(x).flip(1), lambda x: from_column_major(x.flip(1)), True)]
+
+
+def stack_routes(x, route_list, gates=False):
+    """The routes of x stacked along the batch: [R * B, N, ...]. For gates (``gates=True``) a reversed route's step t
+    applies the gate of the token crossed in the forward route, g[t - 1] (0 at the first step, which has no state)."""
+    return torch.cat([F.pad(to(x)[:, :-1], (0, 0, 0, 0, 1, 0)) if gates and rev else to(x)
+                      for to, _, rev in route_list])
+
+
+def merge_routes(y, route_list, batch, gates=False):
+    """Sum over routes of each route's [B, N, ...] slice of y mapped back to token order: the adjoint of
+    ``stack_routes`` (so it also maps route gradients back, with ``gates`` for the gate shift)."""
+    out = 0
+    for (_, back, rev), part in zip(route_list, y.split(batch)):
+        if gates and rev:
+            part = F.pad(part[:, 1:], (0, 0, 0, 0, 0, 1))
+        out = out + back(part)
+    return out
 
 
 def apply_directions(causal_core, q, k, v, g, scale, direction, hw):
-    """Run ``direction`` through ``causal_core(q, k, v, g, scale, fp32_output)`` (one call, routes in the batch).
-
-    Reversed routes use gates shifted by one, so each (route, reversed route) pair has the symmetric decay
-    exp(-|b_i - b_j|); the current token's term scale * (q_i . k_i) v_i is then subtracted so that it counts once.
-    """
-    if direction == 'causal':
-        return causal_core(q, k, v, g, scale, False)
-    batch, tokens, heads, _ = q.shape
-    if direction == 'bidirectional':
-        routes = [lambda x: x, lambda x: x.flip(1)]
-        unroute = routes
-    else:
-        height, width = hw
-
-        def column_major(x):
-            return x.unflatten(1, (height, width)).transpose(1, 2).flatten(1, 2)
-
-        def from_column_major(x):
-            return x.unflatten(1, (width, height)).transpose(1, 2).flatten(1, 2)
-
-        routes = [lambda x: x, column_major, lambda x: x.flip(1), lambda x: column_major(x).flip(1)]
-        unroute = [lambda x: x, from_column_major, lambda x: x.flip(1), lambda x: from_column_major(x.flip(1))]
-    reversed_route = [False, False, True, True] if len(routes) == 4 else [False, True]
-    stacked = [torch.cat([route(x) for route in routes]) for x in (q, k, v)]
-    gates = torch.cat([_shift_gates(route(g)) if rev else route(g) for route, rev in zip(routes, reversed_route)])
-    out = causal_core(*stacked, gates, scale, True).split(batch)
-    out = sum(back(o) for back, o in zip(unroute, out))
-    current = scale * (q.float() * k.float()).sum(-1, keepdim=True) * v.float()
-    return (out - (len(routes) - 1) * current).to(v.dtype)
+    """Run ``direction`` through ``causal_core(q, k, v, g, scale)`` (float32 in and out; one call, routes stacked in
+    the batch). Each (route, reversed route) pair has the symmetric decay exp(-|b_i - b_j|) (see ``stack_routes``);
+    the current token's term scale * (q_i . k_i) v_i is subtracted once per extra route so that it counts once."""
+    dtype = v.dtype
+    q, k, v, g = (t.float() for t in (q, k, v, g))
+    route_list = routes(direction, hw)
+    out = causal_core(*(stack_routes(x, route_list) for x in (q, k, v)), stack_routes(g, route_list, gates=True),
+                      scale)
+    out = merge_routes(out, route_list, q.shape[0])
+    if len(route_list) > 1:
+        out = out - (len(route_list) - 1) * scale * (q * k).sum(-1, keepdim=True) * v
+    return out.to(dtype)
 
 
 def forget_gate_reference(q, k, v, g, scale=1.0, direction='causal', hw=None):
     """The 'torch' backend; same arguments and result as ``forget_gate_attention`` (without the checks)."""
-    def core(q, k, v, g, scale, fp32_output):
-        out = chunked_forget_gate(q, k, v, g, scale)
-        return out if fp32_output else out.to(v.dtype)
-    return apply_directions(core, q, k, v, g, scale, direction, hw)
+    return apply_directions(chunked_forget_gate, q, k, v, g, scale, direction, hw)

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import merge_routes, routes, stack_routes
+
 BLOCK_T = 16  # tokens per block: tl.dot needs >= 16, and the [BT, BT, Dk] decay tile grows with its square
 MAX_HEAD_DIM = 128
 MIN_SEGMENT = 256  # tokens; a segment state (Dk*Dv*4 bytes) is amortised over at least this many tokens
@@ -281,8 +283,11 @@ def _meta(q, v):
     dim_k, dim_v = q.shape[-1], v.shape[-1]
     return dict(DK=dim_k, DV=dim_v, BK=max(16, triton.next_power_of_2(dim_k)),
                 BV=max(16, triton.next_power_of_2(dim_v)), BT=BLOCK_T,
-                # fp32 inputs ask for fp32 accuracy; 16-bit inputs tolerate tf32 products.
-                PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+                # Products on the tensor cores. fp32 and fp16 inputs get 3-pass tf32 (~fp32 accuracy): one tf32
+                # rounding (2^-11) of the float32 state and of q * e^b is an error as large as fp16's own rounding.
+                # On sm_90 it also spills less than the 'ieee' FMA path at Dk = 64 (0 vs ~5 KB in the dq kernel).
+                # bf16 (2^-8) is far coarser than one tf32 rounding.
+                PRECISION='tf32' if q.dtype == torch.bfloat16 else 'tf32x3')
 
 
 def _segments(n_tokens: int, programs: int, device: torch.device, segment_len: int):
@@ -318,81 +323,111 @@ def _segment_states(q, k, v, g, segment_len):
     return grid, sizes, meta, _pass(local, log_decay, reverse=False), log_decay
 
 
-def _forward(q, k, v, g, scale, fp32_output, segment_len):
+def _causal_forward(q, k, v, g, scale, out, segment_len):
     grid, sizes, meta, states, _ = _segment_states(q, k, v, g, segment_len)
-    out = torch.empty(v.shape, device=v.device, dtype=torch.float32 if fp32_output else v.dtype)
     _output_kernel[grid](q, k, v, g, states, out, scale, *sizes, num_warps=TILE_WARPS, **meta)
-    return out
 
 
-def _backward(q, k, v, g, grad_out, scale, segment_len):
+def _causal_backward(q, k, v, g, grad_out, scale, segment_len, grad_dtype=None):
+    """dq, dk, dv, dg in the inputs' dtypes, or all in ``grad_dtype``."""
     # The segment states are recomputed (one more read of k, v, g) rather than saved, so the forward op has a single
     # output whose shape does not depend on the device.
     grid, sizes, meta, states, log_decay = _segment_states(q, k, v, g, segment_len)
-    dq = torch.empty_like(q)
+    dq, dk, dv, dg = (torch.empty(t.shape, device=t.device, dtype=grad_dtype or t.dtype) for t in (q, k, v, g))
     q_dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     dlocal = torch.empty(states.shape[0], states.shape[1] - 1, *states.shape[2:], device=q.device,
                          dtype=torch.float32)
     _dq_kernel[grid](q, k, v, g, states, grad_out, dq, q_dq, dlocal, scale, *sizes, num_warps=TILE_WARPS, **meta)
     dstates = _pass(dlocal, log_decay, reverse=True)
-    dk, dv, dg = torch.empty_like(k), torch.empty_like(v), torch.empty_like(g)
     _dkv_kernel[grid](q, k, v, g, states, dstates, grad_out, q_dq, dk, dv, dg, scale, *sizes, num_warps=TILE_WARPS,
                       **meta)
     return dq, dk, dv, dg
 
 
+def _hw(height, width):
+    return (height, width) if height > 0 else None
+
+
+# Non-causal directions: the routes are stacked along the batch (exact copies) and run as one causal launch group;
+# mapping the route outputs and gradients back, summing them and removing the extra current-token terms happen in
+# float32, with one rounding to the caller's dtype at the end (per-route 16-bit gradients summed in 16 bits miss the
+# fp16 tolerance).
+def _forward(q, k, v, g, scale, direction, hw, segment_len):
+    route_list = routes(direction, hw)
+    if len(route_list) == 1:
+        out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+        _causal_forward(q, k, v, g, scale, out, segment_len)
+        return out
+    stacked = [stack_routes(x, route_list) for x in (q, k, v)] + [stack_routes(g, route_list, gates=True)]
+    out = torch.empty(stacked[2].shape, device=v.device, dtype=torch.float32)
+    _causal_forward(*stacked, scale, out, segment_len)
+    out = merge_routes(out, route_list, q.shape[0])
+    current = scale * (q.float() * k.float()).sum(-1, keepdim=True) * v.float()
+    return (out - (len(route_list) - 1) * current).to(v.dtype)
+
+
+def _backward(q, k, v, g, grad_out, scale, direction, hw, segment_len):
+    route_list = routes(direction, hw)
+    if len(route_list) == 1:
+        return _causal_backward(q, k, v, g, grad_out, scale, segment_len)
+    stacked = [stack_routes(x, route_list) for x in (q, k, v)] + [stack_routes(g, route_list, gates=True)]
+    grads = _causal_backward(*stacked, stack_routes(grad_out, route_list), scale, segment_len, torch.float32)
+    batch = q.shape[0]
+    dq, dk, dv = (merge_routes(grad, route_list, batch) for grad in grads[:3])
+    dg = merge_routes(grads[3], route_list, batch, gates=True)
+    dtypes = [t.dtype for t in (q, k, v, g)]
+    q, k, v, grad_out = (t.float() for t in (q, k, v, grad_out))
+    extra = (len(route_list) - 1) * scale
+    grad_v_dot = (grad_out * v).sum(-1, keepdim=True)
+    dq = dq - extra * grad_v_dot * k
+    dk = dk - extra * grad_v_dot * q
+    dv = dv - extra * (q * k).sum(-1, keepdim=True) * grad_out
+    return tuple(grad.to(dtype) for grad, dtype in zip((dq, dk, dv, dg), dtypes))
+
+
 @torch.library.custom_op('mlla_mm::forget_gate_fwd', mutates_args=())
-def _forget_gate_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float,
-                     fp32_output: bool, segment_len: int) -> torch.Tensor:
-    return _forward(q, k, v, g, scale, fp32_output, segment_len)
+def _forget_gate_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float, direction: str,
+                     height: int, width: int, segment_len: int) -> torch.Tensor:
+    return _forward(q, k, v, g, scale, direction, _hw(height, width), segment_len)
 
 
 @_forget_gate_fwd.register_fake
-def _(q, k, v, g, scale, fp32_output, segment_len):
-    return v.new_empty(v.shape, dtype=torch.float32 if fp32_output else v.dtype)
+def _(q, k, v, g, scale, direction, height, width, segment_len):
+    return torch.empty_like(v)
 
 
 @torch.library.custom_op('mlla_mm::forget_gate_bwd', mutates_args=())
 def _forget_gate_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, grad_out: torch.Tensor,
-                     scale: float, segment_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(q, k, v, g, grad_out, scale, segment_len)
+                     scale: float, direction: str, height: int, width: int, segment_len: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(q, k, v, g, grad_out, scale, direction, _hw(height, width), segment_len)
 
 
 @_forget_gate_bwd.register_fake
-def _(q, k, v, g, grad_out, scale, segment_len):
+def _(q, k, v, g, grad_out, scale, direction, height, width, segment_len):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, g, scale, _, segment_len = inputs
+    q, k, v, g, *ctx.arguments = inputs
     ctx.save_for_backward(q, k, v, g)
-    ctx.scale = scale
-    ctx.segment_len = segment_len
 
 
 def _backward_rule(ctx, grad_out):
     q, k, v, g = ctx.saved_tensors
-    dq, dk, dv, dg = _forget_gate_bwd(q, k, v, g, grad_out.contiguous(), ctx.scale, ctx.segment_len)
-    return dq, dk, dv, dg, None, None, None
+    grads = _forget_gate_bwd(q, k, v, g, grad_out.contiguous(), *ctx.arguments)
+    return (*grads, None, None, None, None, None)
 
 
 _forget_gate_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
-def causal_forget_gate_triton(q, k, v, g, scale=1.0, fp32_output=False, segment_len=0):
-    """The causal core on the Triton kernels. q, k, g: [B, N, H, Dk]; v: [B, N, H, Dv] (made contiguous).
+def forget_gate_triton(q, k, v, g, scale=1.0, direction='causal', hw=None, segment_len=0):
+    """The Triton backend; same arguments and result as ``forget_gate_attention`` (without its checks).
 
-    Returns [B, N, H, Dv] in v's dtype, or float32 with ``fp32_output``. ``segment_len`` > 0 (a multiple of 16)
-    overrides the segment length, which tests use to cover several segments on short sequences.
+    ``segment_len`` > 0 (a multiple of 16) overrides the segment length, which tests use to cover several segments
+    on short sequences.
     """
     q, k, v, g = (t.contiguous() for t in (q, k, v, g))
-    return _forget_gate_fwd(q, k, v, g, float(scale), fp32_output, segment_len)
-
-
-def forget_gate_triton(q, k, v, g, scale=1.0, direction='causal', hw=None, segment_len=0):
-    """The Triton backend; same arguments and result as ``forget_gate_attention`` (without the checks)."""
-    from .reference import apply_directions
-
-    def core(q, k, v, g, scale, fp32_output):
-        return causal_forget_gate_triton(q, k, v, g, scale, fp32_output, segment_len)
-    return apply_directions(core, q, k, v, g, scale, direction, hw)
+    height, width = hw if hw is not None else (0, 0)
+    return _forget_gate_fwd(q, k, v, g, float(scale), direction, height, width, segment_len)
