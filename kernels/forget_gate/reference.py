@@ -58,7 +58,8 @@ def _scan_states(local, log_decay):
 def chunked_forget_gate(q, k, v, g, scale=1.0):
     """The causal recurrence, chunked and vectorised. q, k, g: [B, N, H, Dk]; v: [B, N, H, Dv].
 
-    Returns float32 [B, N, H, Dv]. Differentiable by autograd.
+    Returns float32 [B, N, H, Dv]. Differentiable by autograd. Memory: the [CHUNK, CHUNK, Dk] decay tile of every
+    chunk is materialised, CHUNK = 16 times the size of q (and kept for backward).
     """
     batch, tokens, heads, dim_k = q.shape
     dim_v = v.shape[-1]
@@ -133,11 +134,12 @@ def apply_directions(causal_core, q, k, v, g, scale, direction, hw):
     dtype = v.dtype
     q, k, v, g = (t.float() for t in (q, k, v, g))
     route_list = routes(direction, hw)
+    if len(route_list) == 1:
+        return causal_core(q, k, v, g, scale).to(dtype)
     out = causal_core(*(stack_routes(x, route_list) for x in (q, k, v)), stack_routes(g, route_list, gates=True),
                       scale)
     out = merge_routes(out, route_list, q.shape[0])
-    if len(route_list) > 1:
-        out = out - (len(route_list) - 1) * scale * (q * k).sum(-1, keepdim=True) * v
+    out = out - (len(route_list) - 1) * scale * (q * k).sum(-1, keepdim=True) * v
     return out.to(dtype)
 
 

@@ -27,8 +27,6 @@ float32) with the first two forward kernels.
 Sizes (N, heads, segment length, segment count) are runtime arguments excluded from specialization; the constexprs
 depend on the head dims and dtype only, so a new image size never recompiles.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -39,9 +37,9 @@ BLOCK_T = 16  # tokens per block: tl.dot needs >= 16, and the [BT, BT, Dk] decay
 MAX_HEAD_DIM = 128
 MIN_SEGMENT = 256  # tokens; a segment state (Dk*Dv*4 bytes) is amortised over at least this many tokens
 PROGRAMS_PER_SM = 4
-# Warps of the kernels that hold [BT, BT, Dk] decay tiles (output, dq, dkv): with 8, ptxas (sm_90) spills nothing at
-# Dk = Dv = 32 and 64 for 16-bit inputs (fp32: up to ~1.3 KB at 64); 4 warps spill from Dk = 32. The state-only
-# kernel uses 4.
+# Warps of the kernels that hold [BT, BT, Dk] decay tiles (output, dq, dkv). ptxas -v for sm_90 at Dk = Dv, 8 warps:
+# bf16 spills nothing at 32, only _dkv_kernel at 64 (176 B) and all three at 128 (0.2-1.6 KB); fp32 (tf32x3) spills
+# in _dkv_kernel only (256 B at 32, 856 B at 64). With 4 warps every one of them spills from Dk = 32 on.
 TILE_WARPS = 8
 
 _SIZES = ['n_tokens', 'n_heads', 'segment_len', 'n_segments']
