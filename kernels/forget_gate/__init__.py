@@ -53,7 +53,9 @@ def forget_gate_attention(q, k, v, g, scale=1.0, direction='causal', hw=None, ba
     i.e. o_i = scale * sum_{j <= i} sum_n q_in k_jn exp(b_in - b_jn) v_j with b the cumsum of g along the order.
     The op applies no feature map, no normaliser, no input gate and no shortcut: the caller applies phi to q and k,
     multiplies v by an input gate, and adds D * x. A decayed denominator q_t z_t (z_t = diag(exp(g_t)) z_{t-1} + k_t)
-    comes from the same call with a column of ones appended to v (Dv + 1 value channels): o[..., -1] is then q_t z_t.
+    comes from the same call with a column of ones appended to v (Dv + 1 value channels): o[..., -1] is then
+    scale * q_t z_t, under the same decay mask as the values in every direction, so o[..., :-1] / o[..., -1] is the
+    normalised output.
 
     Directions (the decay mask M_ij multiplying scale * (q_i . k_j) v_j, per key channel):
         'causal'         the paper's: one scan in token order; M_ij = exp(b_i - b_j) for j <= i, 0 for j > i.
