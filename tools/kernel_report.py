@@ -32,7 +32,6 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-os.environ['TRITON_INTERPRET'] = '0'  # compile real kernels (the tests' interpreter setting must not leak in)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
@@ -153,17 +152,19 @@ class Compiler:
         bound, specialization, options = self.binders[kernel](*args, **kwargs)
         return bound, specialization, options, kwargs, str(specialization) + str(sorted(options.items()))
 
-    def add(self, kernel, args, kwargs, label):
+    def add(self, kernel, args, kwargs, grid, label):
         bound, specialization, options, kwargs, key = self.key(kernel, args, kwargs)
         name = kernel.fn.__name__
         record = self.variants.get((name, key))
         if record is None:
             record = self.variants[(name, key)] = dict(
-                kernel=name, module=kernel.fn.__module__, labels=[],
+                kernel=name, module=kernel.fn.__module__, labels=[], programs={},
                 constexprs={p.name: _plain(bound[p.name]) for p in kernel.params if p.is_constexpr},
                 pointer_dtypes=sorted({s[0] for s in specialization if str(s[0]).startswith('*')}),
                 _compile=(kernel, bound, specialization, options, kwargs))
         record['labels'].append(label)
+        if not callable(grid):  # programs per launch (a grid computed from the meta-parameters is left out)
+            record['programs'][label] = math.prod(grid)
 
     def compile_all(self):
         from triton import compile as triton_compile
@@ -205,6 +206,9 @@ def _size(text):
 
 def report(ops, models, sizes, batches, dtypes, arch=90):
     """Capture, compile and measure; returns (variants, skipped ops, configurations run)."""
+    if os.environ.get('TRITON_INTERPRET', '0') == '1':
+        raise RuntimeError('kernel_report compiles real kernels: run it with TRITON_INTERPRET=0 (unset), since '
+                           'triton reads that variable when the kernels are defined')
     compiler = Compiler(arch)
     skipped, configurations = {}, 0
     for op in ops:
@@ -222,12 +226,16 @@ def report(ops, models, sizes, batches, dtypes, arch=90):
                     for dtype in dtypes:
                         for stage in model_stages(model, *_size(size)):
                             launches = []
-                            with captured_launches(launches):
-                                run(stage, batch, DTYPES[dtype])
+                            try:
+                                with captured_launches(launches):
+                                    run(stage, batch, DTYPES[dtype])
+                            except Exception as error:  # one op's broken entry must not hide the others
+                                skipped[op] = f'{type(error).__name__}: {error}'
+                                continue
                             configurations += 1
                             label = f'{op}:{model}@{size}/b{batch}/{dtype}/s{stage["stage"]}'
-                            for kernel, args, kwargs, _ in launches:
-                                compiler.add(kernel, args, kwargs, label)
+                            for kernel, args, kwargs, grid in launches:
+                                compiler.add(kernel, args, kwargs, grid, label)
     compiler.compile_all()
     return list(compiler.variants.values()), skipped, configurations
 
@@ -238,14 +246,15 @@ def sixteen_bit(record):
 
 def print_report(variants, skipped, configurations, out=sys.stdout):
     print(f'{configurations} configurations, {len(variants)} compiled variants', file=out)
-    header = f'{"kernel":34} {"pointers":22} {"regs":>4} {"spill st/ld":>11} {"shared":>7} {"warps":>5} {"uses":>5}  ' \
-             f'constexprs'
+    header = (f'{"kernel":30} {"pointers":18} {"regs":>4} {"spill st/ld":>11} {"shared":>7} {"warps":>5} '
+              f'{"uses":>5} {"min grid":>8}  constexprs')
     print(header, file=out)
     for r in sorted(variants, key=lambda r: (r['kernel'], r['pointer_dtypes'], str(r['constexprs']))):
         flags = ' '.join(f'{k}={v}' for k, v in r['constexprs'].items())
-        print(f'{r["kernel"]:34} {",".join(r["pointer_dtypes"]):22} {r["registers"]:>4} '
+        fewest = min(r['programs'].values()) if r['programs'] else '-'
+        print(f'{r["kernel"]:30} {",".join(r["pointer_dtypes"]):18} {r["registers"]:>4} '
               f'{r["spill_stores"]:>5}/{r["spill_loads"]:<5} {r["shared_bytes"]:>7} {r["num_warps"]:>5} '
-              f'{len(r["labels"]):>5}  {flags}', file=out)
+              f'{len(r["labels"]):>5} {fewest:>8}  {flags}', file=out)
     print('variants per kernel:', file=out)
     counts = {}
     for r in variants:
@@ -291,6 +300,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    os.environ['TRITON_INTERPRET'] = '0'  # before the kernels are imported: compile them, do not interpret
     torch.set_num_threads(min(4, torch.get_num_threads()))
     variants, skipped, configurations = report(args.ops, args.models, args.sizes, args.batches, args.dtypes,
                                                args.arch)
