@@ -1,0 +1,6 @@
+# UperNet with a Spatial-Mamba-S backbone on ADE20K (upstream 50.6 / 51.4 mIoU): the Spatial-Mamba-T file with the S
+# arch, drop path and checkpoint.
+_base_ = './upernet_spatialmamba-t_8xb2-160k_ade20k-512x512.py'
+
+model = dict(backbone=dict(arch='small', drop_path_rate=0.3,
+                           init_cfg=dict(checkpoint='checkpoints/spatialmamba_small.pth')))
