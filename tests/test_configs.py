@@ -53,27 +53,6 @@ def shrink_heads(model_cfg):
         stage.sampler.num = 32
 
 
-def detection_batch(num_classes):
-    from mmdet.testing import demo_mm_inputs
-    return demo_mm_inputs(batch_size=2, image_shapes=(3, IMAGE_SIZE, IMAGE_SIZE), num_items=[2, 1],
-                          num_classes=num_classes, with_mask=True)
-
-
-def segmentation_batch(num_classes):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    generator = torch.Generator().manual_seed(0)
-    inputs, samples = [], []
-    for _ in range(2):
-        inputs.append(torch.randint(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), generator=generator, dtype=torch.uint8))
-        sample = SegDataSample(metainfo=dict(img_shape=(IMAGE_SIZE,) * 2, ori_shape=(IMAGE_SIZE,) * 2,
-                                             pad_shape=(IMAGE_SIZE,) * 2))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, IMAGE_SIZE, IMAGE_SIZE),
-                                                         generator=generator))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def num_classes(model_cfg):
     if 'roi_head' in model_cfg:
         bbox_head = model_cfg.roi_head.bbox_head
@@ -85,12 +64,13 @@ def num_classes(model_cfg):
 
 def test_configs_found():
     names = {os.path.relpath(path, ROOT) for path in CONFIGS}
-    assert {'configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py', 'configs/mmseg/upernet_mlla-b_8xb2-160k_ade20k-512x512.py',
+    assert {'configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py', 'configs/mmdet/mask-rcnn_mlla-t_fpn_ms-crop-1x_coco.py',
+            'configs/mmseg/upernet_mlla-b_8xb2-160k_ade20k-512x512.py',
             'configs/demo/mask-rcnn_mlla-test_fpn_demo.py', 'configs/demo/fpn_mlla-test_demo.py'} <= names
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[os.path.relpath(p, os.path.join(ROOT, 'configs')) for p in CONFIGS])
-def test_config_builds_and_trains_one_step(path):
+def test_config_builds_and_trains_one_step(path, mm_batch):
     cfg = Config.fromfile(path)
     library = detect_library(cfg)
     assert cfg.default_scope == library
@@ -107,9 +87,34 @@ def test_config_builds_and_trains_one_step(path):
     norm_groups = [g for g in optim_wrapper.optimizer.param_groups if g['weight_decay'] == 0]
     assert norm_groups, 'no parameter group without weight decay (norms)'
     classes = num_classes(cfg.model)
-    batch = detection_batch(classes) if library == 'mmdet' else segmentation_batch(classes)
+    batch = mm_batch(library, batch=2, size=IMAGE_SIZE, num_classes=classes)
     before = [p.detach().clone() for p in model.backbone.parameters()]
     losses = model.train_step(batch, optim_wrapper)
     assert losses and all(torch.isfinite(v).all() for v in losses.values())
     assert any(not torch.equal(b, p) for b, p in zip(before, model.backbone.parameters())), \
         'the training step did not update the backbone'
+
+
+METAFILES = sorted(glob.glob(os.path.join(ROOT, 'configs', '*', 'metafile.yml')))
+
+
+@pytest.mark.parametrize('metafile', METAFILES, ids=[os.path.basename(os.path.dirname(m)) for m in METAFILES])
+def test_metafile_lists_every_config_of_its_family(metafile):
+    """mmdet's model-index format: each entry names an existing config of its collection, by the config's name; every
+    config of the family is listed; published results are numbers."""
+    import yaml
+    with open(metafile) as f:
+        index = yaml.safe_load(f)
+    (collection,) = [c['Name'] for c in index['Collections']]
+    listed = set()
+    for model in index['Models']:
+        assert model['In Collection'] == collection
+        assert os.path.isfile(os.path.join(ROOT, model['Config'])), model['Config']
+        assert model['Name'] == os.path.splitext(os.path.basename(model['Config']))[0]
+        for result in model.get('Results', []):
+            assert result['Dataset'] in ('COCO', 'ADE20K') and result['Metrics']
+            assert all(isinstance(v, float) and 0 < v < 100 for v in result['Metrics'].values()), model['Name']
+        listed.add(model['Config'])
+    family = {os.path.relpath(p, ROOT) for p in CONFIGS if f'_{collection.lower()}-' in os.path.basename(p)
+              and '/demo/' not in p}
+    assert family and family == listed, family ^ listed

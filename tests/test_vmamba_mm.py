@@ -13,7 +13,7 @@ from tests.upstream_vmamba_keys import upstream_vmamba_shapes, upstream_vmamba_s
 
 DET_CONFIGS = {f'configs/mmdet/mask-rcnn_vmamba-{s}_fpn_1x_coco.py': a
                for s, a in (('t', 'tiny'), ('s', 'small'), ('b', 'base'))}
-DET_CONFIGS['configs/mmdet/mask-rcnn_vmamba-t_fpn_ms-3x_coco.py'] = 'tiny'
+DET_CONFIGS['configs/mmdet/mask-rcnn_vmamba-t_fpn_ms-crop-3x_coco.py'] = 'tiny'
 SEG_CONFIGS = {f'configs/mmseg/upernet_vmamba-{s}_8xb2-160k_ade20k-512x512.py': a
                for s, a in (('t', 'tiny'), ('s', 'small'), ('b', 'base'))}
 TEST_CHANNELS = [16, 32, 64, 128]
@@ -89,18 +89,6 @@ def test_configs_match_the_backbone_channels(path, arch):
     assert backbone.drop_path_rate == VMAMBA_ARCHS[arch]['drop_path_rate']
 
 
-def _det_batch(size=(64, 96)):
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-    sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1.0, 1.0)))
-    masks = torch.zeros(1, *size, dtype=torch.uint8)
-    masks[0, 10:40, 20:60] = 1
-    sample.gt_instances = InstanceData(bboxes=torch.tensor([[20.0, 10.0, 60.0, 40.0]]), labels=torch.tensor([3]),
-                                       masks=BitmapMasks(masks.numpy(), *size))
-    return dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8)], data_samples=[sample])
-
-
 def _one_step(model, data):
     losses = model(**data, mode='loss')
     total = sum(v for k, v in losses.items() if 'loss' in k for v in (v if isinstance(v, list) else [v]))
@@ -109,7 +97,7 @@ def _one_step(model, data):
     assert model.backbone.layers[0].blocks[0].op.x_proj_weight.grad is not None
 
 
-def test_mask_rcnn_one_loss_step():
+def test_mask_rcnn_one_loss_step(mm_batch):
     from mmdet.registry import MODELS
     init_default_scope('mmdet')
     cfg = Config.fromfile('configs/mmdet/mask-rcnn_vmamba-t_fpn_1x_coco.py')
@@ -117,13 +105,11 @@ def test_mask_rcnn_one_loss_step():
     cfg.model.neck.in_channels = TEST_CHANNELS
     model = MODELS.build(cfg.model)
     model.init_weights()
-    _one_step(model, model.data_preprocessor(_det_batch(), training=True))
+    _one_step(model, model.data_preprocessor(mm_batch('mmdet', batch=1, size=(64, 96)), training=True))
 
 
-def test_upernet_one_loss_step():
-    from mmengine.structures import PixelData
+def test_upernet_one_loss_step(mm_batch):
     from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
     init_default_scope('mmseg')
     size = (64, 96)
     cfg = Config.fromfile('configs/mmseg/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py')
@@ -135,10 +121,4 @@ def test_upernet_one_loss_step():
     cfg.model.data_preprocessor.size = size
     model = MODELS.build(cfg.model)
     model.init_weights()
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, *size)))
-        samples.append(sample)
-    data = dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8) for _ in samples], data_samples=samples)
-    _one_step(model, model.data_preprocessor(data, training=True))
+    _one_step(model, model.data_preprocessor(mm_batch('mmseg', batch=2, size=size, num_classes=150), training=True))

@@ -19,13 +19,7 @@ crop_size = (128, 128)
 model = dict(
     pretrained=None,
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(
-        _delete_=True,
-        type='MLLA',
-        arch='test',
-        drop_path_rate=0.1,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=None),
+    backbone=dict(_delete_=True, type='MLLA', arch='test', drop_path_rate=0.1, out_indices=(0, 1, 2, 3), init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256]),
     decode_head=dict(num_classes=4))
 

@@ -1,19 +1,5 @@
-# Mask R-CNN with a VMamba-S backbone on COCO, 1x schedule (12 epochs, 2 images x 8 GPUs). Upstream VMamba's
-# detection configs inherit this Swin-T recipe (AdamW lr 1e-4, wd 0.05, no decay on norms, 1000-iteration warm-up,
-# steps at epochs 8 and 11); only the backbone and the FPN input channels change.
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+# Mask R-CNN with a VMamba-S [s2l15] backbone, upstream VMamba's 1x recipe (48.7 box AP / 43.7 mask AP): the VMamba-T
+# file with the S arch, drop path and checkpoint.
+_base_ = './mask-rcnn_vmamba-t_fpn_1x_coco.py'
 
-custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
-
-# ImageNet weights from the upstream VMamba v2 release (see README "Pretrained weights").
-pretrained = 'checkpoints/vmamba_small.pth'
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='VMamba',
-        arch='small',
-        drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+model = dict(backbone=dict(arch='small', drop_path_rate=0.3, init_cfg=dict(checkpoint='checkpoints/vmamba_small.pth')))

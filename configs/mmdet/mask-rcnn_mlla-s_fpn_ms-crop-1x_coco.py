@@ -1,0 +1,5 @@
+# Mask R-CNN with an MLLA-S backbone, upstream MLLA's 1x recipe (49.2 box AP / 44.2 mask AP): the MLLA-T file with the
+# S arch and checkpoint.
+_base_ = './mask-rcnn_mlla-t_fpn_ms-crop-1x_coco.py'
+
+model = dict(backbone=dict(arch='small', init_cfg=dict(checkpoint='checkpoints/MLLA_S.pth')))
