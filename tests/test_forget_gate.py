@@ -135,9 +135,10 @@ def test_kernel_low_precision_matches_fp32_reference(dtype, g_dtype):
 @pytest.mark.parametrize('dim', [16, 32, 64])
 @pytest.mark.parametrize('direction,hw,tokens', [('causal', None, 83), ('bidirectional', None, 47),
                                                  ('4-direction', (7, 9), 63)])
-@pytest.mark.parametrize('decay', ['weak', 'paper', 'strong'])
-def test_kernel_sweep(dtype, dim, direction, hw, tokens, decay):
-    inputs = make_inputs(2, tokens, 3, dim, dim, decay, dtype=dtype)
+def test_kernel_sweep(dtype, dim, direction, hw, tokens):
+    # Each (dtype, dim, direction) gets one decay strength, cycling through the three.
+    decay = list(DECAYS)[(dim // 16 + len(direction) + dtype.itemsize) % len(DECAYS)]
+    inputs = make_inputs(1, tokens, 3, dim, dim, decay, dtype=dtype)
     reference_inputs = [t.detach().float().requires_grad_() for t in inputs]
     grad_out = torch.randn(*inputs[2].shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     expected, expected_grads = run_and_grad(lambda *t: forget_gate_reference(*t, 0.5, direction, hw),
