@@ -20,9 +20,11 @@ from .tolerances import assert_close
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Option settings of the op (the module docstring of mlla_mm.kernels.linear_attention) and how their tensors are
-# made: gate 'head' [B, N, H] / 'channel' [B, N, H, Dv]; shortcut 'head' [H] / 'channel' [H, Dv].
+# made: gate 'head' [B, N, H] / 'channel' [B, N, H, Dv]; shortcut 'head' [H] / 'channel' [H, Dv]; lepe: a 3x3
+# depthwise conv weight [C, 1, 3, 3] and bias [C].
 SETTINGS = {
     'mlla': dict(),
+    'mlla_lepe': dict(lepe=True),
     'vssd': dict(feature_map='none', rope=False, norm='none', gate='head', shortcut='head', shared_qk=True,
                  qk_order='kq'),
     'no_norm': dict(norm='none'),
@@ -31,7 +33,7 @@ SETTINGS = {
     'gate_head': dict(gate='head', norm='mean'),
     'shared_qk': dict(shared_qk=True),
     'shared_qk_gated': dict(shared_qk=True, rope=False, feature_map='none', gate='channel', shortcut='channel',
-                            norm='mean'),
+                            norm='mean', lepe=True),
 }
 
 # (batch, height, width, heads, qk head dim, value head dim): N = height * width is rarely a multiple of the tiles;
@@ -89,33 +91,40 @@ def make_inputs(shape, setting, dtype, layout='packed', seed=0):
     shortcut = {None: None, 'head': (heads,), 'channel': (heads, dv)}[options.get('shortcut')]
     if shortcut is not None:
         shortcut = torch.randn(shortcut, generator=gen)  # a parameter: stays fp32
+    lepe = (None, None)
+    if options.get('lepe'):  # parameters: stay fp32
+        lepe = 0.3 * torch.randn(heads * dv, 1, 3, 3, generator=gen), torch.randn(heads * dv, generator=gen)
     grad_out = torch.randn(batch, tokens, heads, dv, generator=gen)
     to = (lambda t: None if t is None else t.to(dtype))
-    return to(qk), to(v), to(gate), shortcut, to(grad_out)
+    return to(qk), to(v), to(gate), shortcut, *lepe, to(grad_out)
+
+
+OPTIONAL_TENSORS = ('gate', 'shortcut', 'lepe_weight', 'lepe_bias')
 
 
 def op_options(setting):
-    return {name: value for name, value in SETTINGS[setting].items() if name not in ('gate', 'shortcut')}
+    return {name: value for name, value in SETTINGS[setting].items() if name not in ('gate', 'shortcut', 'lepe')}
 
 
-def run_with_grads(fn, qk, v, gate, shortcut, grad_out, hw, options):
-    leaves = [None if t is None else t.detach().requires_grad_() for t in (qk, v, gate, shortcut)]
-    out = fn(leaves[0], leaves[1], hw, gate=leaves[2], shortcut=leaves[3], **options)
+def run_with_grads(fn, tensors, grad_out, hw, options):
+    """tensors: qk, v, gate, shortcut, lepe_weight, lepe_bias (None where absent)."""
+    leaves = [None if t is None else t.detach().requires_grad_() for t in tensors]
+    out = fn(leaves[0], leaves[1], hw, **dict(zip(OPTIONAL_TENSORS, leaves[2:])), **options)
     out.backward(grad_out)
     return out, [None if t is None else t.grad for t in leaves]
 
 
 def check_against_reference(shape, setting, dtype, layout='packed'):
-    qk, v, gate, shortcut, grad_out = make_inputs(shape, setting, dtype, layout)
+    *tensors, grad_out = make_inputs(shape, setting, dtype, layout)
     hw, options = shape[1:3], op_options(setting)
-    out, grads = run_with_grads(linear_attention_triton, qk, v, gate, shortcut, grad_out, hw, options)
-    assert out.dtype == dtype and out.shape == v.shape and out.is_contiguous()
+    out, grads = run_with_grads(linear_attention_triton, tensors, grad_out, hw, options)
+    assert out.dtype == dtype and out.shape == tensors[1].shape and out.is_contiguous()
     up = (lambda t: None if t is None else t.float())
-    ref_out, ref_grads = run_with_grads(linear_attention_reference, up(qk), up(v), up(gate), shortcut,
-                                        up(grad_out), hw, options)
+    ref_out, ref_grads = run_with_grads(linear_attention_reference, [up(t) for t in tensors], up(grad_out), hw,
+                                        options)
     assert_close(out, ref_out, dtype, f'{setting} out {shape}')
-    for name, grad, ref_grad, leaf in zip(('dqk', 'dv', 'dgate', 'dshortcut'), grads, ref_grads,
-                                          (qk, v, gate, shortcut)):
+    for name, grad, ref_grad, leaf in zip(('dqk', 'dv', 'dgate', 'dshortcut', 'dlepe_weight', 'dlepe_bias'), grads,
+                                          ref_grads, tensors):
         if leaf is not None:
             assert grad.dtype == leaf.dtype and grad.shape == leaf.shape, name
             assert_close(grad, ref_grad, dtype, f'{setting} {name} {shape}')
@@ -174,7 +183,8 @@ class OpRecorder(TorchDispatchMode):
     """Names of the aten ops that do work (allocations and views move no data and are left out), outside the Triton
     launches (the interpreter copies tensors in and out of a kernel; a GPU launch does not)."""
     FREE = ('empty', 'empty_strided', 'new_empty', 'view', 'slice', 'unflatten', 'as_strided', 'detach', 'alias',
-            't', 'transpose', 'permute', '_unsafe_view', 'unsqueeze', 'expand', 'split', 'flatten')
+            't', 'transpose', 'permute', '_unsafe_view', 'unsqueeze', 'expand', 'split', 'flatten', 'select',
+            '_reshape_alias')
 
     def __init__(self):
         super().__init__()
@@ -212,25 +222,31 @@ def count_launches(monkeypatch, run):
     return launches, recorder.ops
 
 
-@pytest.mark.parametrize('setting, backward_torch_ops', [('mlla', []), ('vssd', ['sum']), ('gate_channel', ['sum'])])
-def test_two_launches_forward_two_backward(small_chunks, monkeypatch, setting, backward_torch_ops):
-    """Forward: the state kernel (which reduces its own partials) and the output kernel, no torch op; backward: the
-    same two-kernel shape, plus one sum for the gradient of the shortcut D. The multi-chunk path is forced."""
+@pytest.mark.parametrize('setting', ['mlla', 'mlla_lepe', 'vssd', 'shared_qk_gated'])
+def test_two_launches_forward_two_backward(small_chunks, monkeypatch, setting):
+    """Forward: the state kernel (which reduces its own partials) and the output kernel (LePE included), no torch op;
+    backward: the same two-kernel shape, plus one sum of the per-tile parts of the parameter gradients (D, LePE)
+    where there are any. The multi-chunk path is forced."""
     shape = (1, 9, 8, 2, 32, 32)
-    qk, v, gate, shortcut, grad_out = make_inputs(shape, setting, torch.float32)
-    la_triton._arrival_counters(v.device, 2)  # allocated (zeroed) once per device, before the first launch
+    *tensors, grad_out = make_inputs(shape, setting, torch.float32)
+    la_triton._arrival_counters(tensors[1].device, 2)  # allocated (zeroed) once per device, before the first launch
     options = op_options(setting)
-    args = (options.get('feature_map', 'elu'), options.get('rope', True), options.get('norm', 'denominator'),
-            options.get('shared_qk', False), options.get('qk_order', 'qk'))
+    args = (shape[2], options.get('feature_map', 'elu'), options.get('rope', True),
+            options.get('norm', 'denominator'), options.get('shared_qk', False), options.get('qk_order', 'qk'))
     result = {}
-    launches, ops = count_launches(monkeypatch, lambda: result.update(
-        fwd=la_triton._forward(qk, v, gate, shortcut, shape[2], *args)))
+    launches, ops = count_launches(monkeypatch, lambda: result.update(fwd=la_triton._forward(*tensors, *args)))
     assert launches == ['_fwd_state_kernel', '_fwd_out_kernel'] and ops == []
-    launches, ops = count_launches(monkeypatch, lambda: la_triton._backward(
-        qk, v, gate, shortcut, result['fwd'][1], grad_out, shape[2], *args))
-    assert launches == ['_bwd_state_kernel', '_bwd_kv_kernel'] and ops == backward_torch_ops
+    launches, ops = count_launches(monkeypatch, lambda: la_triton._backward(*tensors, result['fwd'][1], grad_out,
+                                                                            *args))
+    assert launches == ['_bwd_state_kernel', '_bwd_kv_kernel']
+    with_params = tensors[3] is not None or tensors[4] is not None
+    per_head_shortcut = tensors[3] is not None and tensors[3].dim() == 1
+    # One sum of the parameter parts (the LePE weight gradient is a transposed view of it; the custom op's outputs
+    # may not share storage, so a second parameter's [C] gradient is copied); a per-head D sums its channels too.
+    views = (tensors[4] is not None) + (tensors[5] is not None) + (tensors[3] is not None and not per_head_shortcut)
+    assert ops == ['sum'] * (with_params + per_head_shortcut) + ['clone'] * max(0, views - 1), ops
     # The arrival counters are left at zero for the next launch.
-    assert not la_triton._arrival_counters(v.device, 1).any()
+    assert not la_triton._arrival_counters(tensors[1].device, 1).any()
 
 
 def test_layer_backward_builds_no_zero_filled_qk_gradient():
@@ -250,35 +266,34 @@ def test_layer_backward_builds_no_zero_filled_qk_gradient():
 @pytest.mark.slow
 def test_custom_op_passes_opcheck():
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch of the two custom ops."""
-    qk, v, gate, shortcut, _ = make_inputs((1, 2, 3, 1, 16, 16), 'gate_channel', torch.float32)
-    leaves = [t.requires_grad_() for t in (qk, v, gate, shortcut)]
+    *tensors, _ = make_inputs((1, 2, 3, 1, 16, 16), 'shared_qk_gated', torch.float32)
+    leaves = [t.requires_grad_() for t in tensors]
     torch.library.opcheck(torch.ops.mlla_mm.linear_attention_fwd.default,
-                          (*leaves, 3, 'elu', True, 'denominator', False, 'qk'))
+                          (*leaves, 3, 'none', False, 'mean', True, 'qk'))
 
 
 def test_compiles_in_one_graph():
     """The public op on the Triton backend under torch.compile(fullgraph=True, dynamic=True): the backend choice is
     traced, the custom op is one node, and the gradients match eager."""
-    qk, v, gate, shortcut, grad_out = make_inputs((1, 3, 5, 2, 16, 16), 'vssd', torch.float32)
+    *tensors, grad_out = make_inputs((1, 3, 5, 2, 16, 16), 'vssd', torch.float32)
     options = op_options('vssd')
 
-    def fn(qk, v, gate, shortcut):
-        return linear_attention(qk, v, (3, 5), gate=gate, shortcut=shortcut, backend='triton', **options)
-    eager = run_with_grads(lambda *a, **k: fn(a[0], a[1], k['gate'], k['shortcut']), qk, v, gate, shortcut,
-                           grad_out, (3, 5), {})
-    compiled_fn = torch.compile(fn, backend='aot_eager', fullgraph=True, dynamic=True)
-    compiled = run_with_grads(lambda *a, **k: compiled_fn(a[0], a[1], k['gate'], k['shortcut']), qk, v, gate,
-                              shortcut, grad_out, (3, 5), {})
+    def fn(qk, v, hw, **kwargs):
+        return linear_attention(qk, v, hw, backend='triton', **kwargs)
+    eager = run_with_grads(fn, tensors, grad_out, (3, 5), options)
+    compiled = run_with_grads(torch.compile(fn, backend='aot_eager', fullgraph=True, dynamic=True), tensors,
+                              grad_out, (3, 5), options)
     assert_close(compiled[0], eager[0], torch.float32, 'compiled out')
     for grad, ref in zip(compiled[1], eager[1]):
-        assert_close(grad, ref, torch.float32, 'compiled grad')
+        if ref is not None:
+            assert_close(grad, ref, torch.float32, 'compiled grad')
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Dispatch (kernels/backend.py through the public op)
 
 def small_inputs(dtype=torch.float32):
-    qk, v, _, _, _ = make_inputs((1, 3, 5, 2, 16, 16), 'mlla', dtype)
+    qk, v, *_ = make_inputs((1, 3, 5, 2, 16, 16), 'mlla', dtype)
     return qk, v
 
 
@@ -331,6 +346,8 @@ def test_environment_sets_the_default_backend(monkeypatch):
     ('rope channels', ValueError, 'Hk\\*Dk divisible by 4'),
     ('gate', ValueError, r'gate \(1, 15, 3\) .* must be \[B, N, H\] or \[B, N, H, Dv\]'),
     ('shortcut', ValueError, r'shortcut \(16,\) must be \[H\] or \[H, Dv\]'),
+    ('lepe', ValueError, r'lepe_weight \[C, 1, 3, 3\] must have rank 4, got shape \(32, 1, 3\)'),
+    ('lepe bias', ValueError, r'lepe_bias \(32,\) needs lepe_weight'),
     ('norm', ValueError, r"norm='l2' is not one of \('denominator', 'mean', 'none'\)"),
     ('feature map', ValueError, "feature_map='relu' is not one of"),
     ('backend', ValueError, "backend='cuda' is not a backend"),
@@ -356,6 +373,10 @@ def test_bad_inputs_raise_clear_errors(case, error, match):
         options['gate'] = torch.rand(1, 15, 3)
     elif case == 'shortcut':
         options['shortcut'] = torch.rand(16)
+    elif case == 'lepe':
+        options['lepe_weight'] = torch.rand(32, 1, 3)
+    elif case == 'lepe bias':
+        options['lepe_bias'] = torch.rand(32)
     elif case == 'norm':
         options['norm'] = 'l2'
     elif case == 'feature map':
@@ -448,8 +469,10 @@ def spills(kernel, dtype, constexprs, warps):
     return sum(int(n) for n in re.findall(r'(\\\\d+) bytes spill stores', report))
 
 SETTINGS = {  # name: (option constexprs, shared q/k, (Dk, Dv))
-    'mlla': (dict(FEATURE_ELU=True, ROPE=True, NORM=0, GATE=0, SHORTCUT=0, STATE_F32=False), False, (32, 32)),
-    'vssd': (dict(FEATURE_ELU=False, ROPE=False, NORM=2, GATE=1, SHORTCUT=1, STATE_F32=True), True, (64, 64)),
+    'mlla': (dict(FEATURE_ELU=True, ROPE=True, NORM=0, GATE=0, SHORTCUT=0, LEPE=2, STATE_F32=False), False,
+             (32, 32)),
+    'vssd': (dict(FEATURE_ELU=False, ROPE=False, NORM=2, GATE=1, SHORTCUT=1, LEPE=0, STATE_F32=True), True,
+             (64, 64)),
 }
 for dtype, torch_dtype in (('bf16', torch.bfloat16), ('fp16', torch.float16)):
     for name in sys.argv[1:]:
@@ -457,15 +480,17 @@ for dtype, torch_dtype in (('bf16', torch.bfloat16), ('fp16', torch.float16)):
         meta, reduce_n, apply_n, warps = la._config(dk, dv, torch_dtype)
         meta.update(FAST_SINCOS=True, INTERPRET_BF16=False)
         pick = lambda *names: {n: options[n] for n in names}
-        kv_n = la._bwd_kv_tile(apply_n, 1 if options['GATE'] else None, 1 if options['SHORTCUT'] else None, shared)
+        kv_n = la._bwd_kv_tile(apply_n, 1 if options['GATE'] else None, 1 if options['SHORTCUT'] else None, shared,
+                               1 if options['LEPE'] else None)
         launches = [
             (la._fwd_state_kernel, dict(BLOCK_N=reduce_n, BLOCK_R=la.REDUCE_BLOCK,
                                         **pick('FEATURE_ELU', 'ROPE', 'NORM', 'GATE'))),
-            (la._fwd_out_kernel, dict(BLOCK_N=apply_n, **pick('FEATURE_ELU', 'ROPE', 'NORM', 'SHORTCUT', 'STATE_F32'))),
+            (la._fwd_out_kernel, dict(BLOCK_N=apply_n,
+                                      **pick('FEATURE_ELU', 'ROPE', 'NORM', 'SHORTCUT', 'LEPE', 'STATE_F32'))),
             (la._bwd_state_kernel, dict(BLOCK_N=reduce_n, BLOCK_R=la.REDUCE_BLOCK, WRITE_DQ=not shared,
                                         **pick('FEATURE_ELU', 'ROPE', 'NORM', 'STATE_F32'))),
-            (la._bwd_kv_kernel, dict(BLOCK_N=kv_n, WRITE_DQ=shared, LOAD_DO=shared or options['SHORTCUT'] != 0,
-                                     **options)),
+            (la._bwd_kv_kernel, dict(BLOCK_N=kv_n, WRITE_DQ=shared, PARAM_SLOTS=la.PARAM_SLOTS,
+                                     LOAD_DO=shared or options['SHORTCUT'] != 0 or options['LEPE'] != 0, **options)),
         ]
         for kernel, constexprs in launches:
             spilled = spills(kernel, dtype, dict(meta, **constexprs), warps)
@@ -477,9 +502,9 @@ for dtype, torch_dtype in (('bf16', torch.bfloat16), ('fp16', torch.float16)):
 @pytest.mark.slow
 @pytest.mark.parametrize('setting', ['mlla', 'vssd'])
 def test_kernels_compile_for_sm90_without_spills(setting):
-    """Compile every kernel to an sm_90 cubin (no GPU needed) at MLLA's and VSSD's settings, fp16 and bf16, with the
-    launch shapes the launchers use, and check with ptxas that no registers spill. A subprocess, because
-    TRITON_INTERPRET=1 (set for this test session) turns @triton.jit into the interpreter."""
+    """Compile every kernel to an sm_90 cubin (no GPU needed) at MLLA's (LePE fused) and VSSD's settings, fp16 and
+    bf16, with the launch shapes the launchers use, and check with ptxas that no registers spill. A subprocess,
+    because TRITON_INTERPRET=1 (set for this test session) turns @triton.jit into the interpreter."""
     import os
     import subprocess
     import sys

@@ -2,7 +2,8 @@
 settings of one op.
 
     linear_attention(qk, v, hw, *, feature_map='elu', rope=True, norm='denominator', gate=None, shortcut=None,
-                     shared_qk=False, qk_order='qk', backend=None) -> out [B, N, H, Dv]
+                     lepe_weight=None, lepe_bias=None, shared_qk=False, qk_order='qk', backend=None)
+        -> out [B, N, H, Dv]
 
 Per batch b and value head h over the N = height * width tokens of a grid (row-major):
     Q, K   = phi(q), phi(k)                 feature_map: 'elu' (ELU + 1, positive) | 'none' (identity)
@@ -12,6 +13,8 @@ Per batch b and value head h over the N = height * width tokens of a grid (row-m
     u_n    = gate_n * v_n                   gate: per-token value scale, the input gate (Delta in Mamba)
     S      = sum_n K~_n u_n^T               Dk x Dv state, accumulated in fp32
     out_n  = c_n * Q~_n S + D * v_n         shortcut: D (the un-gated v, as Mamba's D * x)
+             + LePE(v)_n                    lepe_weight/lepe_bias: MLLA's LePE, a 3x3 depthwise conv of v on the grid
+                                            (zero padding), fused into the output kernel
     c_n    = 1 / (N (Q_n . mean_m K_m + 1e-6))   norm='denominator' (MLLA; un-rotated Q, K)
            = 1 / N                               norm='mean'
            = 1                                   norm='none' (|out| grows with N: 67,200 tokens at 800 x 1344)
@@ -25,12 +28,14 @@ Arguments (every tensor may have any strides; sizes are runtime values, no recom
     gate: None | [B, N, H] (one scale per token and head) | [B, N, H, Dv] (per token and channel). It scales the
          values in the state only (the literal eq. 11-12 of the MLLA paper; the normaliser does not see it).
     shortcut: None | [H] (one D per head) | [H, Dv] (per channel).
+    lepe_weight: None | [H * Dv, 1, 3, 3] (nn.Conv2d(C, C, 3, padding=1, groups=C).weight); lepe_bias: None | [C].
     backend: 'auto' | 'triton' | 'torch', or None for MLLA_MM_BACKEND (kernels/backend.py).
 Returns [B, N, H, Dv], contiguous, in v's dtype (qk, v, gate share one dtype: fp32, fp16 or bf16; shortcut may be
 fp32). Triton limits: Dk even, Dk and Dv <= 128.
 
 Settings:
-    MLLA (the defaults): linear_attention(qk, x.view(B, N, H, C // H), hw), with qk = Linear(C, 2C)(x), then LePE.
+    MLLA (the defaults, plus LePE): linear_attention(qk, x.view(B, N, H, C // H), hw, lepe_weight=lepe.weight,
+        lepe_bias=lepe.bias), with qk = Linear(C, 2C)(x) (mlla_mm.layers.LinearAttention).
     VSSD NC-SSD (YuHengsss/VSSD mamba2.py, ngroups 1, reference/mambavision_vssd.md sec. 2.3):
         y_{l,h} = C_l . sum_j B_j^T (dt_{j,h} exp(A_log_h) x_{j,h}) + D_h x_{j,h}
         = linear_attention(xBC[..., Di:], x.view(B, L, H, P), hw, feature_map='none', rope=False, norm='none',
@@ -68,7 +73,7 @@ def _check_tensor(name, t, ranks, dtypes=SUPPORTED_DTYPES):
 
 
 def check_inputs(qk, v, hw, feature_map='elu', rope=True, norm='denominator', gate=None, shortcut=None,
-                 shared_qk=False, qk_order='qk'):
+                 lepe_weight=None, lepe_bias=None, shared_qk=False, qk_order='qk'):
     """Raise a clear error for anything the op cannot take; see the module docstring for the contract."""
     _check_choice('feature_map', feature_map, FEATURE_MAPS)
     _check_choice('norm', norm, NORMS)
@@ -100,7 +105,18 @@ def check_inputs(qk, v, hw, feature_map='elu', rope=True, norm='denominator', ga
         if shortcut.shape != v.shape[2:2 + shortcut.dim()]:
             raise ValueError(f'linear_attention: shortcut {tuple(shortcut.shape)} must be [H] or [H, Dv] of v '
                              f'{tuple(v.shape)}')
-    for name, t in (('gate', gate), ('shortcut', shortcut)):
+    channels = heads * dv
+    if lepe_weight is not None:
+        _check_tensor('lepe_weight [C, 1, 3, 3]', lepe_weight, (4,))
+        if tuple(lepe_weight.shape) != (channels, 1, 3, 3):
+            raise ValueError(f'linear_attention: lepe_weight {tuple(lepe_weight.shape)} must be [C, 1, 3, 3] with '
+                             f'C = H * Dv = {channels} (a 3x3 depthwise conv)')
+    if lepe_bias is not None:
+        _check_tensor('lepe_bias [C]', lepe_bias, (1,))
+        if lepe_weight is None or tuple(lepe_bias.shape) != (channels,):
+            raise ValueError(f'linear_attention: lepe_bias {tuple(lepe_bias.shape)} needs lepe_weight and C = '
+                             f'{channels} values')
+    for name, t in (('gate', gate), ('shortcut', shortcut), ('lepe_weight', lepe_weight), ('lepe_bias', lepe_bias)):
         if t is not None and t.device != v.device:
             raise ValueError(f'linear_attention: {name} is on {t.device}, v on {v.device}')
     if qk.device != v.device:
@@ -108,13 +124,13 @@ def check_inputs(qk, v, hw, feature_map='elu', rope=True, norm='denominator', ga
 
 
 def linear_attention(qk, v, hw, *, feature_map='elu', rope=True, norm='denominator', gate=None, shortcut=None,
-                     shared_qk=False, qk_order='qk', backend=None):
+                     lepe_weight=None, lepe_bias=None, shared_qk=False, qk_order='qk', backend=None):
     """Non-causal linear attention over an H x W token grid; arguments and settings in the module docstring.
 
     The defaults are MLLA's op: ELU+1, 2-D RoPE in the numerator, the mean-k denominator, one q/k per head.
     """
-    options = dict(feature_map=feature_map, rope=rope, norm=norm, gate=gate, shortcut=shortcut, shared_qk=shared_qk,
-                   qk_order=qk_order)
+    options = dict(feature_map=feature_map, rope=rope, norm=norm, gate=gate, shortcut=shortcut,
+                   lepe_weight=lepe_weight, lepe_bias=lepe_bias, shared_qk=shared_qk, qk_order=qk_order)
     check_inputs(qk, v, hw, **options)
     hw = (int(hw[0]), int(hw[1]))
     if select_backend('linear_attention', backend, v.device) == 'triton':

@@ -7,6 +7,7 @@ Per batch b and value head h, tokens n = 1..N of an H x W grid (N = H * W), with
     u_n      = s_n * v_n                           if a gate s is given (per head: a scalar; per channel: a vector)
     S        = sum_n K~_n u_n^T                    (Dk x Dv)
     out_n    = c_n * Q~_n S  +  D * v_n            D only with a shortcut (per head or per channel)
+                              +  LePE(v)_n          with a LePE weight: a 3x3 depthwise conv of v on the grid
 with c_n = 1 / (N * (Q_n . mean_m K_m + 1e-6))  'denominator' (MLLA: the normaliser uses the un-rotated Q and K),
            1 / N                                 'mean',
            1                                     'none'.
@@ -46,7 +47,8 @@ def apply_rope_2d(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def linear_attention_reference(qk: torch.Tensor, v: torch.Tensor, hw, *, feature_map: str = 'elu',
                                rope: bool = True, norm: str = 'denominator', gate=None, shortcut=None,
-                               shared_qk: bool = False, qk_order: str = 'qk') -> torch.Tensor:
+                               lepe_weight=None, lepe_bias=None, shared_qk: bool = False,
+                               qk_order: str = 'qk') -> torch.Tensor:
     """Same signature and result as ``mlla_mm.kernels.linear_attention`` (whose docstring describes the arguments);
     computes in float32 and returns v's dtype."""
     batch, tokens, heads, _ = v.shape
@@ -77,4 +79,9 @@ def linear_attention_reference(qk: torch.Tensor, v: torch.Tensor, hw, *, feature
         out = out * (z[:, :, None, None] if shared_qk else z[..., None])
     if shortcut is not None:
         out = out + v * (shortcut.float()[:, None] if shortcut.dim() == 1 else shortcut.float())
+    if lepe_weight is not None:
+        grid = v.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        lepe = F.conv2d(grid, lepe_weight.float(), None if lepe_bias is None else lepe_bias.float(), padding=1,
+                        groups=grid.shape[1])
+        out = out + lepe.permute(0, 2, 3, 1).reshape(out.shape)
     return out.to(dtype).contiguous()

@@ -51,6 +51,7 @@ MIN_CHUNK = 512
 PROGRAMS_PER_SM = 4
 NUM_STAGES = 3
 REDUCE_BLOCK = 1024  # floats of a state record summed per step by the last program of a (b, h)
+PARAM_SLOTS = 11  # per-tile parameter-gradient parts of _bwd_kv_kernel: D, the 9 LePE taps, the LePE bias
 # (reduction tile, apply tile, warps) by (max(BLOCK_DK, BLOCK_DV), element size): the largest tiles with which the
 # MLLA kernels did not spill registers on sm_90 (ptxas, D = 16..128; only fp32 at D = 128 spills, 100-300 bytes).
 _TILES = {(32, 2): (64, 128, 4), (64, 2): (64, 64, 8), (128, 2): (32, 32, 8),
@@ -330,17 +331,43 @@ def _fwd_state_kernel(k_ptr, v_ptr, gate_ptr, part_ptr, state_ptr, count_ptr,
                      DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_R)
 
 
+@triton.jit
+def _lepe_taps(x_ptr, w_ptr, channel0, offs_n, tok_mask, width, n_tokens, stride_n, stride_d, DV: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """sum_t w_t * x[n + o_t] over the 3x3 taps o_t = (di, dj) of a depthwise conv with zero padding (TRANSPOSED:
+    x[n - o_t], the conv's input gradient), for one head's [BLOCK_N, Dv] tile; w [C, 1, 3, 3], channels from
+    channel0. The shifted tiles overlap this program's and its neighbours' rows: they come from L1 / L2."""
+    offs_e = tl.arange(0, BLOCK_DV)
+    e_mask = offs_e < DV
+    row = offs_n // width
+    col = offs_n % width
+    height = n_tokens // width
+    total = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)
+    for tap in tl.static_range(9):
+        di = tap // 3 - 1
+        dj = tap % 3 - 1
+        if TRANSPOSED:
+            di = -di
+            dj = -dj
+        inside = tok_mask & (row + di >= 0) & (row + di < height) & (col + dj >= 0) & (col + dj < width)
+        x = tl.load(x_ptr + (offs_n + di * width + dj)[:, None] * stride_n + offs_e[None, :] * stride_d,
+                    mask=inside[:, None] & e_mask[None, :], other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + (channel0 + offs_e) * 9 + tap, mask=e_mask, other=0.0).to(tl.float32)
+        total += x * w[None, :]
+    return total
+
+
 @triton.jit(do_not_specialize=['n_tokens', 'width', 'num_heads', 'qk_heads'])
-def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, out_ptr,
+def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, lepe_w_ptr, lepe_b_ptr, out_ptr,
                     stride_qb, stride_qn, stride_qh, stride_qd,
                     stride_vb, stride_vn, stride_vh, stride_vd,
                     stride_ob, stride_on, stride_oh, stride_od,
                     n_tokens, width, num_heads, qk_heads,
                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     BLOCK_N: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr, NORM: tl.constexpr,
-                    SHORTCUT: tl.constexpr, STATE_F32: tl.constexpr, PRECISION: tl.constexpr,
+                    SHORTCUT: tl.constexpr, LEPE: tl.constexpr, STATE_F32: tl.constexpr, PRECISION: tl.constexpr,
                     INTERPRET_BF16: tl.constexpr, FAST_SINCOS: tl.constexpr):
-    """out_n = c_n Q~_n (sigma S) [+ D * v_n] for one tile of tokens."""
+    """out_n = c_n Q~_n (sigma S) [+ D * v_n] [+ LePE(v)_n] for one tile of tokens."""
     bh = tl.program_id(0)
     tile = tl.program_id(1)
     batch = bh // num_heads
@@ -370,6 +397,12 @@ def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, out_ptr,
     if SHORTCUT != 0:
         v = _load_tile(v_ptr, offs_n, tok_mask, stride_vn, stride_vd, DV, BLOCK_DV).to(tl.float32)
         out += v * _load_shortcut(shortcut_ptr, head, DV, BLOCK_DV, SHORTCUT)[None, :]
+    if LEPE != 0:
+        out += _lepe_taps(v_ptr, lepe_w_ptr, head * DV, offs_n, tok_mask, width, n_tokens, stride_vn, stride_vd,
+                          DV, BLOCK_N, BLOCK_DV, False)
+        if LEPE == 2:
+            offs_e = tl.arange(0, BLOCK_DV)
+            out += tl.load(lepe_b_ptr + head * DV + offs_e, mask=offs_e < DV, other=0.0).to(tl.float32)[None, :]
     _store_tile(out_ptr, out, offs_n, tok_mask, stride_on, stride_od, DV, BLOCK_DV)
 
 
@@ -458,14 +491,15 @@ def _bwd_state_kernel(q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, dstate_ptr, co
 @triton.jit
 def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q_odd, qr_even, qr_odd,
                  dkr_even, dkr_odd, dkm_even, dkm_odd, dqr_sum_even, dqr_sum_odd, dden_sum, km_even, km_odd, sigma,
-                 v_ptr, gate_ptr, do_ptr, shortcut_ptr, state_ptr, dstate_ptr, dv_ptr, dgate_ptr, dshortcut_ptr,
+                 v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_ptr, state_ptr, dstate_ptr, dv_ptr, dgate_ptr,
+                 dparam_ptr, width, n_tokens,
                  stride_vb, stride_vn, stride_vh, stride_vd, stride_sb, stride_sn, stride_sh, stride_sd,
                  stride_gb, stride_gn, stride_gh, stride_gd, stride_dvb, stride_dvn, stride_dvh, stride_dvd,
                  stride_dsb, stride_dsn, stride_dsh, stride_dsd, num_heads, num_bh,
                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 NORM: tl.constexpr, GATE: tl.constexpr, SHORTCUT: tl.constexpr, STATE_F32: tl.constexpr,
-                 WRITE_DQ: tl.constexpr, LOAD_DO: tl.constexpr, PRECISION: tl.constexpr,
-                 INTERPRET_BF16: tl.constexpr):
+                 BLOCK_N: tl.constexpr, NORM: tl.constexpr, GATE: tl.constexpr, SHORTCUT: tl.constexpr,
+                 LEPE: tl.constexpr, PARAM_SLOTS: tl.constexpr, STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr,
+                 LOAD_DO: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr):
     """The contributions of one value head to _bwd_kv_kernel's tile: stores dv[, dgate, dD part] and returns the
     updated sums over heads (dK~, sigma dksum[, dQ~, dden])."""
     dot_dtype = v_ptr.dtype.element_ty
@@ -501,12 +535,35 @@ def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q
     if LOAD_DO:
         g = _load_tile(do_ptr + batch.to(tl.int64) * stride_gb + head * stride_gh, offs_n, tok_mask,
                        stride_gn, stride_gd, DV, BLOCK_DV).to(tl.float32)
+    # This tile's parts of the parameter gradients, [tiles, B, PARAM_SLOTS, H * Dv], summed over (tile, b) by the
+    # launcher: slot 0 dD = sum_n do_n * v_n, slots 1-9 the LePE taps sum_n do_n * v_(n + o_t), slot 10 its bias
+    # sum_n do_n. Slot-major over the channels, so the sums are the parameters' own layouts (the taps transposed).
+    offs_e = tl.arange(0, BLOCK_DV)
+    e_mask = offs_e < DV
+    slot = num_heads * DV
+    param_part = dparam_ptr + ((tile * (num_bh // num_heads) + batch).to(tl.int64) * PARAM_SLOTS * slot
+                               + head * DV + offs_e)
     if SHORTCUT != 0:
         dv += g * _load_shortcut(shortcut_ptr, head, DV, BLOCK_DV, SHORTCUT)[None, :]
-        # This tile's part of dD = sum_n do_n * v_n per channel; the launcher sums the [tiles, B*H, Dv] parts.
-        offs_e = tl.arange(0, BLOCK_DV)
-        tl.store(dshortcut_ptr + (tile * num_bh + bh) * DV + offs_e,
-                 tl.sum(g * v.to(tl.float32), axis=0), mask=offs_e < DV)
+        tl.store(param_part, tl.sum(g * v.to(tl.float32), axis=0), mask=e_mask)
+    if LEPE != 0:
+        v_head_ptr = v_ptr + batch.to(tl.int64) * stride_vb + head * stride_vh
+        g_head_ptr = do_ptr + batch.to(tl.int64) * stride_gb + head * stride_gh
+        dv += _lepe_taps(g_head_ptr, lepe_w_ptr, head * DV, offs_n, tok_mask, width, n_tokens, stride_gn, stride_gd,
+                         DV, BLOCK_N, BLOCK_DV, True)
+        row = offs_n // width
+        col = offs_n % width
+        height = n_tokens // width
+        for tap in tl.static_range(9):
+            di = tap // 3 - 1
+            dj = tap % 3 - 1
+            inside = tok_mask & (row + di >= 0) & (row + di < height) & (col + dj >= 0) & (col + dj < width)
+            shifted = tl.load(v_head_ptr + (offs_n + di * width + dj)[:, None] * stride_vn
+                              + offs_e[None, :] * stride_vd, mask=inside[:, None] & e_mask[None, :],
+                              other=0.0).to(tl.float32)
+            tl.store(param_part + (1 + tap) * slot, tl.sum(g * shifted, axis=0), mask=e_mask)
+        if LEPE == 2:
+            tl.store(param_part + 10 * slot, tl.sum(g, axis=0), mask=e_mask)
     _store_tile(dv_ptr + batch.to(tl.int64) * stride_dvb + head * stride_dvh, dv, offs_n, tok_mask,
                 stride_dvn, stride_dvd, DV, BLOCK_DV)
     if WRITE_DQ:
@@ -523,8 +580,8 @@ def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q
 
 
 @triton.jit(do_not_specialize=['n_tokens', 'width', 'num_heads', 'qk_heads', 'heads_per_program'])
-def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, state_ptr, dstate_ptr,
-                   dq_ptr, dk_ptr, dv_ptr, dgate_ptr, dshortcut_ptr,
+def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_ptr, state_ptr, dstate_ptr,
+                   dq_ptr, dk_ptr, dv_ptr, dgate_ptr, dparam_ptr,
                    stride_qb, stride_qn, stride_qh, stride_qd,
                    stride_kb, stride_kn, stride_kh, stride_kd,
                    stride_vb, stride_vn, stride_vh, stride_vd,
@@ -537,8 +594,8 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, state_pt
                    n_tokens, width, num_heads, qk_heads, heads_per_program,
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_N: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr, NORM: tl.constexpr,
-                   GATE: tl.constexpr, SHORTCUT: tl.constexpr, STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr,
-                   LOAD_DO: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+                   GATE: tl.constexpr, SHORTCUT: tl.constexpr, LEPE: tl.constexpr, PARAM_SLOTS: tl.constexpr,
+                   STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr, LOAD_DO: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
                    FAST_SINCOS: tl.constexpr):
     """For one tile of tokens and heads_per_program value heads (1, or all of them when they share q / k):
         du_n = K~_n^T (sigma dS)     dv_n = s_n * du_n [+ D * do_n]     dgate_n = du_n . v_n (per head / channel)
@@ -591,22 +648,24 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, state_pt
             dkr_even, dkr_odd, dkm_even, dkm_odd, dqr_sum_even, dqr_sum_odd, dden_sum = _bwd_kv_head(
                 first_head + i, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q_odd, qr_even, qr_odd,
                 dkr_even, dkr_odd, dkm_even, dkm_odd, dqr_sum_even, dqr_sum_odd, dden_sum, km_even, km_odd, sigma,
-                v_ptr, gate_ptr, do_ptr, shortcut_ptr, state_ptr, dstate_ptr, dv_ptr, dgate_ptr, dshortcut_ptr,
+                v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_ptr, state_ptr, dstate_ptr, dv_ptr, dgate_ptr,
+                dparam_ptr, width, n_tokens,
                 stride_vb, stride_vn, stride_vh, stride_vd, stride_sb, stride_sn, stride_sh, stride_sd,
                 stride_gb, stride_gn, stride_gh, stride_gd, stride_dvb, stride_dvn, stride_dvh, stride_dvd,
                 stride_dsb, stride_dsn, stride_dsh, stride_dsd, num_heads, batch_heads,
-                DK, DV, BLOCK_DK, BLOCK_DV, NORM, GATE, SHORTCUT, STATE_F32, WRITE_DQ, LOAD_DO, PRECISION,
-                INTERPRET_BF16)
+                DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, NORM, GATE, SHORTCUT, LEPE, PARAM_SLOTS, STATE_F32, WRITE_DQ,
+                LOAD_DO, PRECISION, INTERPRET_BF16)
     else:
         dkr_even, dkr_odd, dkm_even, dkm_odd, dqr_sum_even, dqr_sum_odd, dden_sum = _bwd_kv_head(
             first_head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q_odd, qr_even, qr_odd,
                 dkr_even, dkr_odd, dkm_even, dkm_odd, dqr_sum_even, dqr_sum_odd, dden_sum, km_even, km_odd, sigma,
-                v_ptr, gate_ptr, do_ptr, shortcut_ptr, state_ptr, dstate_ptr, dv_ptr, dgate_ptr, dshortcut_ptr,
+                v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_ptr, state_ptr, dstate_ptr, dv_ptr, dgate_ptr,
+                dparam_ptr, width, n_tokens,
                 stride_vb, stride_vn, stride_vh, stride_vd, stride_sb, stride_sn, stride_sh, stride_sd,
                 stride_gb, stride_gn, stride_gh, stride_gd, stride_dvb, stride_dvn, stride_dvh, stride_dvd,
                 stride_dsb, stride_dsn, stride_dsh, stride_dsd, num_heads, batch_heads,
-                DK, DV, BLOCK_DK, BLOCK_DV, NORM, GATE, SHORTCUT, STATE_F32, WRITE_DQ, LOAD_DO, PRECISION,
-                INTERPRET_BF16)
+                DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, NORM, GATE, SHORTCUT, LEPE, PARAM_SLOTS, STATE_F32, WRITE_DQ,
+                LOAD_DO, PRECISION, INTERPRET_BF16)
     dk_even, dk_odd = _rotate_back(dkr_even, dkr_odd, cos, sin, ROPE)
     if NORM == 0:
         dk_even += dkm_even[None, :]
@@ -670,10 +729,11 @@ def _config(dk: int, dv: int, dtype: torch.dtype):
     return (meta, *_TILES[max(block_dk, block_dv), dtype.itemsize])
 
 
-def _option_constexprs(feature_map, rope, norm, gate, shortcut, dtype):
+def _option_constexprs(feature_map, rope, norm, gate, shortcut, lepe_weight, lepe_bias, dtype):
     return dict(FEATURE_ELU=feature_map == 'elu', ROPE=bool(rope), NORM=NORMS.index(norm),
                 GATE=0 if gate is None else gate.dim() - 2,  # [B, N, H] -> 1 (per head), [B, N, H, Dv] -> 2
                 SHORTCUT=0 if shortcut is None else shortcut.dim(),  # [H] -> 1, [H, Dv] -> 2
+                LEPE=0 if lepe_weight is None else (1 if lepe_bias is None else 2),  # weight only -> 1, + bias -> 2
                 # Without a normaliser |S| grows with N: products with it run in fp32 (tf32) for half inputs.
                 STATE_F32=norm == 'none' and dtype != torch.float32)
 
@@ -685,13 +745,13 @@ def _chunking(n_tokens: int, programs: int, block_n: int, device: torch.device):
     return chunk_tokens, triton.cdiv(n_tokens, chunk_tokens)
 
 
-def _bwd_kv_tile(apply_n, gate, shortcut, shared_qk):
+def _bwd_kv_tile(apply_n, gate, shortcut, shared_qk, lepe_weight=None):
     """Tokens per _bwd_kv_kernel program. MLLA's setting: the apply tile. Shared q/k: 16, since each head step holds
     the fp32 S and dS of its head (at Dk = Dv = 64, 32 tokens already spill ~600 B on sm_90, 16 tokens do not).
-    A gate or shortcut: half the apply tile (they hold two more tiles; the full tile spills at D = 32)."""
+    A gate, shortcut or LePE: half the apply tile (they hold more tiles; the full tile spills at D = 32)."""
     if shared_qk:
         return 16
-    return apply_n if gate is None and shortcut is None else max(16, apply_n // 2)
+    return apply_n if gate is None and shortcut is None and lepe_weight is None else max(16, apply_n // 2)
 
 
 def _check_grid(tiles, n_tokens, block_n):
@@ -716,12 +776,12 @@ def _gate_strides(gate):
     return (*gate.stride(), 0) if gate.dim() == 3 else gate.stride()
 
 
-def _forward(qk, v, gate, shortcut, width, feature_map, rope, norm, shared_qk, qk_order):
+def _forward(qk, v, gate, shortcut, lepe_weight, lepe_bias, width, feature_map, rope, norm, shared_qk, qk_order):
     batch, n_tokens, heads, dv = v.shape
     q, k = split_qk(qk, heads, shared_qk, qk_order)
     qk_heads, dk = q.shape[2], q.shape[3]
     meta, reduce_n, apply_n, warps = _config(dk, dv, v.dtype)
-    options = _option_constexprs(feature_map, rope, norm, gate, shortcut, v.dtype)
+    options = _option_constexprs(feature_map, rope, norm, gate, shortcut, lepe_weight, lepe_bias, v.dtype)
     chunk_tokens, chunks = _chunking(n_tokens, batch * heads, reduce_n, v.device)
     record = dk * dv + dk
     state = torch.empty(batch * heads, record, device=v.device, dtype=torch.float32)
@@ -735,19 +795,22 @@ def _forward(qk, v, gate, shortcut, width, feature_map, rope, norm, shared_qk, q
     out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     _check_grid(triton.cdiv(n_tokens, apply_n), n_tokens, apply_n)
     _fwd_out_kernel[(batch * heads, triton.cdiv(n_tokens, apply_n))](
-        q, v, state, v if shortcut is None else shortcut, out, *q.stride(), *v.stride(), *out.stride(),
+        q, v, state, v if shortcut is None else shortcut, v if lepe_weight is None else lepe_weight,
+        v if lepe_bias is None else lepe_bias, out, *q.stride(), *v.stride(), *out.stride(),
         n_tokens, width, heads, qk_heads,
         BLOCK_N=apply_n, num_warps=warps, FEATURE_ELU=options['FEATURE_ELU'], ROPE=options['ROPE'],
-        NORM=options['NORM'], SHORTCUT=options['SHORTCUT'], STATE_F32=options['STATE_F32'], **meta)
+        NORM=options['NORM'], SHORTCUT=options['SHORTCUT'], LEPE=options['LEPE'], STATE_F32=options['STATE_F32'],
+        **meta)
     return out, state
 
 
-def _backward(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, norm, shared_qk, qk_order):
+def _backward(qk, v, gate, shortcut, lepe_weight, lepe_bias, state, grad_out, width, feature_map, rope, norm,
+              shared_qk, qk_order):
     batch, n_tokens, heads, dv = v.shape
     q, k = split_qk(qk, heads, shared_qk, qk_order)
     qk_heads, dk = q.shape[2], q.shape[3]
     meta, reduce_n, apply_n, warps = _config(dk, dv, v.dtype)
-    options = _option_constexprs(feature_map, rope, norm, gate, shortcut, v.dtype)
+    options = _option_constexprs(feature_map, rope, norm, gate, shortcut, lepe_weight, lepe_bias, v.dtype)
     chunk_tokens, chunks = _chunking(n_tokens, batch * heads, reduce_n, v.device)
     record = dk * dv + dk
     # One packed gradient of qk, written in full by the kernels: no zero-filled gradient per view.
@@ -764,25 +827,44 @@ def _backward(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, 
         STATE_F32=options['STATE_F32'], WRITE_DQ=not shared_qk, **meta)
     dv_ = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     dgate = None if gate is None else torch.empty(gate.shape, device=gate.device, dtype=gate.dtype)
-    kv_n = _bwd_kv_tile(apply_n, gate, shortcut, shared_qk)
+    kv_n = _bwd_kv_tile(apply_n, gate, shortcut, shared_qk, lepe_weight)
     tiles = triton.cdiv(n_tokens, kv_n)
     _check_grid(tiles, n_tokens, kv_n)
-    dshortcut_parts = None if shortcut is None else torch.empty(tiles, batch * heads, dv, device=v.device,
-                                                                dtype=torch.float32)
+    with_params = shortcut is not None or lepe_weight is not None
+    param_parts = torch.empty(tiles, batch, PARAM_SLOTS, heads * dv, device=v.device, dtype=torch.float32) \
+        if with_params else None
     heads_per_program = heads if shared_qk else 1
     _bwd_kv_kernel[(batch * heads // heads_per_program, tiles)](
-        q, k, v, v if gate is None else gate, grad_out, v if shortcut is None else shortcut, state, dstate,
-        dq, dk_, dv_, dv_ if dgate is None else dgate, dv_ if dshortcut_parts is None else dshortcut_parts,
+        q, k, v, v if gate is None else gate, grad_out, v if shortcut is None else shortcut,
+        v if lepe_weight is None else lepe_weight, state, dstate,
+        dq, dk_, dv_, dv_ if dgate is None else dgate, dv_ if param_parts is None else param_parts,
         *q.stride(), *k.stride(), *v.stride(), *_gate_strides(gate), *grad_out.stride(), *dq.stride(),
         *dk_.stride(), *dv_.stride(), *_gate_strides(dgate),
         n_tokens, width, heads, qk_heads, heads_per_program,
-        BLOCK_N=kv_n, num_warps=warps, WRITE_DQ=shared_qk, LOAD_DO=shared_qk or shortcut is not None,
-        **options, **meta)
-    dshortcut = None
-    if shortcut is not None:
-        per_channel = dshortcut_parts.view(tiles, batch, heads, dv)
-        dshortcut = per_channel.sum((0, 1, 3) if shortcut.dim() == 1 else (0, 1)).to(shortcut.dtype)
-    return dqk, dv_, dgate, dshortcut
+        BLOCK_N=kv_n, num_warps=warps, PARAM_SLOTS=PARAM_SLOTS, WRITE_DQ=shared_qk,
+        LOAD_DO=shared_qk or with_params, **options, **meta)
+    dshortcut = dlepe_weight = dlepe_bias = None
+    if with_params:
+        # One launch sums every parameter's tile parts; unused slots are never read.
+        params = param_parts.sum((0, 1))  # [PARAM_SLOTS, C]
+        views = []
+
+        def own(grad, dtype):
+            """Custom-op outputs may not share storage: the first gradient may stay a view of the sum, later ones
+            that would be views too are copied (a [C] or [C, 9] copy)."""
+            grad = grad.to(dtype)
+            if grad.untyped_storage().data_ptr() == params.untyped_storage().data_ptr():
+                grad = grad.clone() if views else grad
+                views.append(grad)
+            return grad
+        if lepe_weight is not None:
+            dlepe_weight = own(params[1:10].t().reshape(lepe_weight.shape), lepe_weight.dtype)
+        if lepe_bias is not None:
+            dlepe_bias = own(params[10], lepe_bias.dtype)
+        if shortcut is not None:
+            dshortcut = params[0].view(heads, dv)
+            dshortcut = own(dshortcut.sum(-1) if shortcut.dim() == 1 else dshortcut, shortcut.dtype)
+    return dqk, dv_, dgate, dshortcut, dlepe_weight, dlepe_bias
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -790,13 +872,15 @@ def _backward(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, 
 
 @torch.library.custom_op('mlla_mm::linear_attention_fwd', mutates_args=())
 def _linear_attention_fwd(qk: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
-                          shortcut: Optional[torch.Tensor], width: int, feature_map: str, rope: bool, norm: str,
+                          shortcut: Optional[torch.Tensor], lepe_weight: Optional[torch.Tensor],
+                          lepe_bias: Optional[torch.Tensor], width: int, feature_map: str, rope: bool, norm: str,
                           shared_qk: bool, qk_order: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(qk, v, gate, shortcut, width, feature_map, rope, norm, shared_qk, qk_order)
+    return _forward(qk, v, gate, shortcut, lepe_weight, lepe_bias, width, feature_map, rope, norm, shared_qk,
+                    qk_order)
 
 
 @_linear_attention_fwd.register_fake
-def _(qk, v, gate, shortcut, width, feature_map, rope, norm, shared_qk, qk_order):
+def _(qk, v, gate, shortcut, lepe_weight, lepe_bias, width, feature_map, rope, norm, shared_qk, qk_order):
     batch, _, heads, dv = v.shape
     dk = qk.shape[-1] // 2 // (1 if shared_qk else heads)
     return v.new_empty(v.shape), v.new_empty((batch * heads, dk * dv + dk), dtype=torch.float32)
@@ -804,47 +888,49 @@ def _(qk, v, gate, shortcut, width, feature_map, rope, norm, shared_qk, qk_order
 
 @torch.library.custom_op('mlla_mm::linear_attention_bwd', mutates_args=())
 def _linear_attention_bwd(qk: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
-                          shortcut: Optional[torch.Tensor], state: torch.Tensor, grad_out: torch.Tensor, width: int,
+                          shortcut: Optional[torch.Tensor], lepe_weight: Optional[torch.Tensor],
+                          lepe_bias: Optional[torch.Tensor], state: torch.Tensor, grad_out: torch.Tensor, width: int,
                           feature_map: str, rope: bool, norm: str, shared_qk: bool,
-                          qk_order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dqk, dv, dgate, dshortcut = _backward(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, norm,
-                                          shared_qk, qk_order)
-    # A custom op returns tensors: an absent gate / shortcut gets an empty gradient, dropped by _backward_rule.
-    return (dqk, dv, qk.new_empty(0) if dgate is None else dgate,
-            qk.new_empty(0) if dshortcut is None else dshortcut)
+                          qk_order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor, torch.Tensor]:
+    grads = _backward(qk, v, gate, shortcut, lepe_weight, lepe_bias, state, grad_out, width, feature_map, rope, norm,
+                      shared_qk, qk_order)
+    # A custom op returns tensors: an absent optional input gets an empty gradient, dropped by _backward_rule.
+    return tuple(qk.new_empty(0) if grad is None else grad for grad in grads)
 
 
 @_linear_attention_bwd.register_fake
-def _(qk, v, gate, shortcut, state, grad_out, width, feature_map, rope, norm, shared_qk, qk_order):
-    return (qk.new_empty(qk.shape), v.new_empty(v.shape),
-            qk.new_empty(0) if gate is None else gate.new_empty(gate.shape),
-            qk.new_empty(0) if shortcut is None else shortcut.new_empty(shortcut.shape))
+def _(qk, v, gate, shortcut, lepe_weight, lepe_bias, state, grad_out, width, feature_map, rope, norm, shared_qk,
+      qk_order):
+    return tuple(qk.new_empty(0) if t is None else t.new_empty(t.shape)
+                 for t in (qk, v, gate, shortcut, lepe_weight, lepe_bias))
+
+
+_TENSOR_INPUTS = 6  # qk, v, gate, shortcut, lepe_weight, lepe_bias
 
 
 def _setup_context(ctx, inputs, output):
-    qk, v, gate, shortcut, *options = inputs
-    ctx.save_for_backward(qk, v, gate, shortcut, output[1])
-    ctx.options = options
+    ctx.save_for_backward(*inputs[:_TENSOR_INPUTS], output[1])
+    ctx.options = inputs[_TENSOR_INPUTS:]
     # The state is an internal output: no zero-filled gradient is made for it (a launch per backward).
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
 
 
 def _backward_rule(ctx, grad_out, grad_state):
-    qk, v, gate, shortcut, state = ctx.saved_tensors
+    *tensors, state = ctx.saved_tensors
     if grad_out is None:
-        return (None,) * (4 + len(ctx.options))
-    dqk, dv, dgate, dshortcut = _linear_attention_bwd(qk, v, gate, shortcut, state, grad_out, *ctx.options)
-    return (dqk, dv, None if gate is None else dgate, None if shortcut is None else dshortcut,
-            *[None] * len(ctx.options))
+        return (None,) * (_TENSOR_INPUTS + len(ctx.options))
+    grads = _linear_attention_bwd(*tensors, state, grad_out, *ctx.options)
+    return (*(None if t is None else grad for t, grad in zip(tensors, grads)), *[None] * len(ctx.options))
 
 
 torch.library.register_autograd('mlla_mm::linear_attention_fwd', _backward_rule, setup_context=_setup_context)
 
 
 def linear_attention_triton(qk: torch.Tensor, v: torch.Tensor, hw, *, feature_map: str = 'elu', rope: bool = True,
-                            norm: str = 'denominator', gate=None, shortcut=None, shared_qk: bool = False,
-                            qk_order: str = 'qk') -> torch.Tensor:
+                            norm: str = 'denominator', gate=None, shortcut=None, lepe_weight=None, lepe_bias=None,
+                            shared_qk: bool = False, qk_order: str = 'qk') -> torch.Tensor:
     """The Triton kernels; same signature and result as ``linear_attention_reference`` (inputs checked by the
     public ``linear_attention``). Both head dims must be at most 128, and Dk even (RoPE pairs and the kernels' even /
     odd channel split must not straddle heads)."""
@@ -856,6 +942,6 @@ def linear_attention_triton(qk: torch.Tensor, v: torch.Tensor, hw, *, feature_ma
                          f'{MAX_HEAD_DIM} (use backend="torch")')
     if v.numel() == 0:
         return torch.empty(v.shape, device=v.device, dtype=v.dtype)
-    out, _ = _linear_attention_fwd(qk, v, gate, shortcut, int(hw[1]), feature_map, bool(rope), norm, shared_qk,
-                                   qk_order)
+    out, _ = _linear_attention_fwd(qk, v, gate, shortcut, lepe_weight, lepe_bias, int(hw[1]), feature_map,
+                                   bool(rope), norm, shared_qk, qk_order)
     return out

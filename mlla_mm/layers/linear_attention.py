@@ -1,4 +1,4 @@
-"""The MLLA token mixer: qk projection, linear attention (``mlla_mm.kernels.linear_attention``) and LePE."""
+"""The MLLA token mixer: qk projection, then linear attention with LePE (``mlla_mm.kernels.linear_attention``)."""
 import torch
 import torch.nn as nn
 
@@ -10,7 +10,8 @@ from .conv import DepthwiseConv2d
 class LinearAttention(nn.Module):
     """MLLA linear attention on a channels-last [B, H, W, C] map; v is the input itself (no V projection).
 
-    Keys: ``qk.{weight,bias}`` (Linear C -> 2C, q first) and ``lepe.{weight,bias}`` (3x3 depthwise conv).
+    Keys: ``qk.{weight,bias}`` (Linear C -> 2C, q first) and ``lepe.{weight,bias}`` (3x3 depthwise conv). The op
+    applies LePE itself (in its output kernel on the Triton backend), with the ``lepe`` module's parameters.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend=None):
@@ -29,8 +30,9 @@ class LinearAttention(nn.Module):
         # per q / k slice.
         qk = self.qk(x).flatten(1, 2)
         v = x.view(batch, height * width, self.num_heads, channels // self.num_heads)
-        out = linear_attention(qk, v, (height, width), backend=self.backend)
-        return out.view(batch, height, width, channels) + self.lepe(x)
+        out = linear_attention(qk, v, (height, width), lepe_weight=self.lepe.weight, lepe_bias=self.lepe.bias,
+                               backend=self.backend)
+        return out.view(batch, height, width, channels)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, backend={self.backend}'
