@@ -258,3 +258,23 @@ def test_compiles_without_graph_breaks_or_recompiles():
         for name, got, want in zip(NAMES, actual_grads, expected_grads):
             assert_close(got, want, torch.float32, f'd{name} {hw}')
     assert counters['stats']['unique_graphs'] == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('direction', ['causal', '4-direction'])
+def test_kernel_on_gpu_at_stage1_shapes(dtype, direction):
+    """MLLA-T stage 1 at 224^2 (56 x 56 tokens, 3 heads of 32), compiled kernels against the float32 reference, with
+    the default (device-sized) segments."""
+    hw = (56, 56)
+    inputs = [t.detach().cuda().requires_grad_() for t in make_inputs(2, 56 * 56, 3, 32, 32, 'paper', dtype=dtype)]
+    reference_inputs = [t.detach().float().requires_grad_() for t in inputs]
+    grad_out = torch.randn(*inputs[2].shape, generator=torch.Generator().manual_seed(1)).to(dtype).cuda()
+    expected, expected_grads = run_and_grad(lambda *t: forget_gate_reference(*t, 0.5, direction, hw),
+                                            reference_inputs, grad_out)
+    actual, actual_grads = run_and_grad(lambda *t: forget_gate_attention(*t, 0.5, direction, hw, backend='triton'),
+                                        inputs, grad_out)
+    assert_close(actual, expected, dtype, 'o')
+    for name, got, want in zip(NAMES, actual_grads, expected_grads):
+        assert_close(got, want, dtype, f'd{name}')
