@@ -39,7 +39,7 @@ MIN_SEGMENT = 256  # tokens; a segment state (Dk*Dv*4 bytes) is amortised over a
 PROGRAMS_PER_SM = 4
 # Warps of the kernels that hold [BT, BT, Dk] decay tiles (output, dq, dkv). ptxas -v for sm_90 at Dk = Dv, 8 warps:
 # bf16 spills nothing at 32, only _dkv_kernel at 64 (176 B) and all three at 128 (0.2-1.6 KB); fp32 (tf32x3) spills
-# in _dkv_kernel only (256 B at 32, 856 B at 64). With 4 warps every one of them spills from Dk = 32 on.
+# in _dkv_kernel only (256 B at 32, 856 B at 64). 4 warps spill more (bf16 at 64: 12 B, 0.3 KB and 1.1 KB).
 TILE_WARPS = 8
 
 _SIZES = ['n_tokens', 'n_heads', 'segment_len', 'n_segments']
