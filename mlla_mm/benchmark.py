@@ -1,10 +1,6 @@
-"""Throughput, memory and FLOPs of registered backbones, timm / mmdet reference models and mm detectors/segmentors.
-
-One timer (``time_ms``, torch.utils.benchmark) for models and kernels, one FLOP path (``flop_analyzer``) for
-tools/benchmark.py and tools/get_flops.py, one synthetic mm batch (``synthetic_batch``) for the benchmark and the
-tests, and the environment header (mmengine's ``collect_env`` plus our versions and commit). Imports mmdet, mmseg,
-timm and mmengine only inside the functions that need them.
-"""
+"""What tools/benchmark.py, tools/benchmark_kernels.py, tools/get_flops.py and the tests share: the timer
+(``time_ms``), peak memory, the environment header, the FLOP analyzer, a synthetic mm batch and the benchmark subjects.
+mmdet, mmseg, timm and mmengine are imported only inside the functions that need them."""
 import importlib.metadata
 import inspect
 import os

@@ -72,24 +72,18 @@ def build_parser():
 
 
 def make_step(model, library, data, args):
-    """One iteration as a closure: inference, or forward + backward + optimizer step, under autocast."""
-    dtype = DTYPES[args.dtype]
+    """One iteration as a closure: inference, or forward + backward + AdamW step, under autocast."""
+    dtype, train = DTYPES[args.dtype], args.mode == 'train'
     autocast = torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32)
-    model.train(args.mode == 'train')
-    if args.mode == 'infer':
-        def infer():
-            with torch.no_grad(), autocast:
-                return model.test_step(data) if library else model(data)
-        return infer
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.train(train).parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
 
     def step():
-        with autocast:
-            if library:
-                loss = model.parse_losses(model(**model.data_preprocessor(data, True), mode='loss'))[0]
-            else:
-                loss = sum(out.float().mean() for out in model(data))
+        with torch.set_grad_enabled(train), autocast:
+            if not train:
+                return model.test_step(data) if library else model(data)
+            loss = (model.parse_losses(model(**model.data_preprocessor(data, True), mode='loss'))[0] if library
+                    else sum(out.float().mean() for out in model(data)))
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
