@@ -41,20 +41,7 @@ def test_det_config_differs_from_base_only_in_backbone_and_optimizer():
     assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
 
 
-def _det_inputs(size=(128, 160)):
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    from mmdet.structures.mask import BitmapMasks
-    sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1.0, 1.0),
-                                         batch_input_shape=size))
-    masks = torch.zeros(1, *size, dtype=torch.uint8)
-    masks[0, 20:80, 30:90] = 1
-    sample.gt_instances = InstanceData(bboxes=torch.tensor([[30.0, 20.0, 90.0, 80.0]]),
-                                       labels=torch.tensor([3]), masks=BitmapMasks(masks.numpy(), *size))
-    return dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8)], data_samples=[sample])
-
-
-def test_mask_rcnn_loss_and_predict_step():
+def test_mask_rcnn_loss_and_predict_step(mm_batch):
     from mmdet.registry import MODELS
     init_default_scope('mmdet')
     cfg = Config.fromfile(DET_CONFIG)
@@ -62,7 +49,7 @@ def test_mask_rcnn_loss_and_predict_step():
     cfg.model.neck.in_channels = [32, 64, 128, 256]
     model = MODELS.build(cfg.model)
     model.init_weights()
-    data = model.data_preprocessor(_det_inputs(), training=True)
+    data = model.data_preprocessor(mm_batch('mmdet', batch=1, size=(128, 160)), training=True)
     losses = model(**data, mode='loss')
     total = sum(v for k, v in losses.items() if 'loss' in k for v in (v if isinstance(v, list) else [v]))
     assert torch.isfinite(total)
@@ -70,14 +57,13 @@ def test_mask_rcnn_loss_and_predict_step():
     assert model.backbone.layers[0].blocks[0].attn.qk.weight.grad is not None
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(_det_inputs(), training=False), mode='predict')
+        results = model(**model.data_preprocessor(mm_batch('mmdet', batch=1, size=(128, 160)), training=False),
+                        mode='predict')
     assert 'bboxes' in results[0].pred_instances and 'masks' in results[0].pred_instances
 
 
-def test_upernet_loss_and_predict_step():
+def test_upernet_loss_and_predict_step(mm_batch):
     from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
-    from mmengine.structures import PixelData
     init_default_scope('mmseg')
     cfg = Config.fromfile(SEG_CONFIG)
     cfg.model.backbone.update(arch='test', init_cfg=None)
@@ -91,9 +77,7 @@ def test_upernet_loss_and_predict_step():
     size = (96, 128)
 
     def batch():
-        sample = SegDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, *size)))
-        return dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8)] * 2, data_samples=[sample] * 2)
+        return mm_batch('mmseg', batch=2, size=size, num_classes=150)
 
     losses = model(**model.data_preprocessor(batch(), training=True), mode='loss')
     total = sum(v for k, v in losses.items() if 'loss' in k)
@@ -105,7 +89,7 @@ def test_upernet_loss_and_predict_step():
     assert results[0].pred_sem_seg.data.shape == (1, *size)
 
 
-def test_mask_rcnn_mlla_t_forward_at_800x1216():
+def test_mask_rcnn_mlla_t_forward_at_800x1216(mm_batch):
     """The foundation's 'done when': stock Mask R-CNN + MLLA-T, one forward on a 1x3x800x1216 input (CPU)."""
     from mmdet.registry import MODELS
     init_default_scope('mmdet')
@@ -117,5 +101,6 @@ def test_mask_rcnn_mlla_t_forward_at_800x1216():
         feats = model.extract_feat(torch.randn(1, 3, 800, 1216))
         assert [tuple(f.shape) for f in feats] == [(1, 256, 200 // 2 ** i, 304 // 2 ** i) for i in range(4)] + [
             (1, 256, 13, 19)]
-        results = model(**model.data_preprocessor(_det_inputs((800, 1216)), training=False), mode='predict')
+        data = model.data_preprocessor(mm_batch('mmdet', batch=1, size=(800, 1216)), training=False)
+        results = model(**data, mode='predict')
     assert results[0].pred_instances.bboxes.shape[-1] == 4

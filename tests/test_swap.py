@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,7 +17,6 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.hub import get_config  # noqa: E402
 from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
-from mmengine.structures import InstanceData, PixelData  # noqa: E402
 
 from mlla_mm.mm import BACKBONE_NAMES, BACKBONES, REGISTERED_IN, TimmBackbone, swap_backbone  # noqa: E402
 from mlla_mm.mm.swap import build_empty, swap_changes  # noqa: E402
@@ -243,34 +241,9 @@ def test_cli_with_a_config_path(tmp_path):
 
 # ---------------------------------------------------------------- one training step on the CPU
 
-def detection_batch(with_masks):
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    height, width = 64, 96
-    sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width), scale_factor=(1., 1.)))
-    gt = InstanceData(bboxes=torch.tensor([[8., 10., 60., 50.]]), labels=torch.tensor([3]))
-    if with_masks:
-        mask = np.zeros((1, height, width), dtype=np.uint8)
-        mask[:, 10:50, 8:60] = 1
-        gt.masks = BitmapMasks(mask, height, width)
-    sample.gt_instances = gt
-    return dict(inputs=[torch.randint(0, 256, (3, height, width), dtype=torch.uint8)], data_samples=[sample])
-
-
-def segmentation_batch(size=64):
-    from mmseg.structures import SegDataSample
-    samples = []
-    for _ in range(2):  # two images: the heads' pooled branches use BatchNorm on 1x1 maps
-        sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, size, size)))
-        samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in samples],
-                data_samples=samples)
-
-
 @pytest.mark.parametrize('name', TEST_NAMES)
 @pytest.mark.parametrize('key', list(RECIPES))
-def test_one_training_step(key, name):
+def test_one_training_step(key, name, mm_batch):
     torch.manual_seed(0)
     cfg = swap_backbone(recipe(key), name)
     if key in SEGMENTATION:
@@ -289,7 +262,10 @@ def test_one_training_step(key, name):
 
     stem = next(model.backbone.parameters())
     before = stem.detach().clone()
-    batch = detection_batch(key in WITH_MASKS) if key in DETECTION else segmentation_batch()
+    if key in DETECTION:
+        batch = mm_batch('mmdet', batch=1, size=(64, 96), with_mask=key in WITH_MASKS)
+    else:  # two images: the heads' pooled branches use BatchNorm on 1x1 maps
+        batch = mm_batch('mmseg', batch=2, size=64, num_classes=150)
     log_vars = model.train_step(batch, optim_wrapper)
     assert math.isfinite(float(log_vars['loss']))
     assert not torch.equal(stem.detach(), before), 'the backbone did not train'
