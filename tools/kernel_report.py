@@ -16,9 +16,13 @@ A subset, with a JSON record, failing (exit 1) on any spill in a 16-bit configur
   python tools/kernel_report.py --ops selective_scan,cross_scan --models vmamba_t --sizes 224 --batches 1 \\
       --dtypes bf16,fp16 --json work_dirs/kernel_report.json --fail-on-spills
 
+All ops on Spatial-Mamba's shapes (its selective scan and state fusion):
+  python tools/kernel_report.py --models spatialmamba_t,spatialmamba_s,spatialmamba_b
+
 Adding an op: write a function ``run_<op>(stage, batch, dtype)`` that calls the op's public function with
-backend='triton' on CPU tensors of that stage's shapes and back-propagates, and add it to OPS with the model family
-whose stages it serves. Ops whose module is missing are reported as skipped, not as failures.
+backend='triton' on CPU tensors of that stage's shapes and back-propagates, and add a row to OPS with the model
+family whose stages it serves (a new family also needs its stage widths in ``model_stages``). Ops whose module is
+missing, or whose run raises, are reported as skipped with the reason, and the others still run.
 """
 import argparse
 import importlib
@@ -38,6 +42,8 @@ import torch  # noqa: E402
 
 DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}
 MODELS = ('mlla_t', 'mlla_s', 'mlla_b', 'vmamba_t', 'vmamba_s', 'vmamba_b')
+# Families with Triton ops but outside the default sweep (ask for them with --models).
+EXTRA_MODELS = ('spatialmamba_t', 'spatialmamba_s', 'spatialmamba_b')
 SIZES = ('224', '800x1216')
 
 
@@ -49,6 +55,9 @@ def model_stages(model, height, width):
     if family == 'vmamba':
         from mlla_mm.models.vmamba import VMAMBA_ARCHS
         cfg = VMAMBA_ARCHS[arch]
+    elif family == 'spatialmamba':
+        from mlla_mm.models.spatial_mamba import SPATIAL_MAMBA_ARCHS
+        cfg = SPATIAL_MAMBA_ARCHS[arch]
     else:
         from mlla_mm.models.mlla import MLLA_ARCHS
         cfg = MLLA_ARCHS[arch]
@@ -59,6 +68,8 @@ def model_stages(model, height, width):
         stage = dict(family=family, model=model, stage=i + 1, height=h, width=w, channels=channels)
         if family == 'vmamba':
             stage.update(d_inner=int(cfg['ssm_ratio'] * channels), d_state=1, dt_rank=math.ceil(channels / 16))
+        elif family == 'spatialmamba':
+            stage.update(d_inner=2 * channels, d_state=1)  # StructureAwareSSM: expand 2, one scan route
         else:
             stage.update(heads=cfg['num_heads'][i], head_dim=channels // cfg['num_heads'][i])
         stages.append(stage)
@@ -72,13 +83,16 @@ def _randn(*shape, dtype, grad=True):
 
 
 def run_selective_scan(stage, batch, dtype):
-    """VMamba's call: 4 routes folded into the channels, B/C groups = 4, fp32 output (as SS2D under autocast)."""
+    """VMamba's call: 4 routes folded into the channels, B/C groups = 4, fp32 output (as SS2D under autocast).
+    Spatial-Mamba's: one route, one B/C group, no D (its skip is in the state fusion)."""
     from mlla_mm.kernels.selective_scan import selective_scan
-    dim, length, n_state = 4 * stage['d_inner'], stage['height'] * stage['width'], stage['d_state']
+    routes = 4 if stage['family'] == 'vmamba' else 1
+    dim, length, n_state = routes * stage['d_inner'], stage['height'] * stage['width'], stage['d_state']
     u, delta = _randn(batch, dim, length, dtype=dtype), _randn(batch, dim, length, dtype=dtype)
-    B, C = _randn(batch, 4, n_state, length, dtype=dtype), _randn(batch, 4, n_state, length, dtype=dtype)
-    A, D, bias = (_randn(dim, n_state, dtype=torch.float32), _randn(dim, dtype=torch.float32),
-                  _randn(dim, dtype=torch.float32))
+    B = _randn(batch, routes, n_state, length, dtype=dtype)
+    C = _randn(batch, routes, n_state, length, dtype=dtype)
+    A, bias = _randn(dim, n_state, dtype=torch.float32), _randn(dim, dtype=torch.float32)
+    D = _randn(dim, dtype=torch.float32) if routes == 4 else None
     y = selective_scan(u, delta, A, B, C, D, bias, delta_softplus=True, output_fp32=True, backend='triton')
     y.backward(torch.ones_like(y))
 
@@ -103,12 +117,43 @@ def run_linear_attention(stage, batch, dtype):
     out.backward(torch.ones_like(out))
 
 
-# op name -> (module that must exist, model family whose stages it serves, run function)
-OPS = {
-    'selective_scan': ('mlla_mm.kernels.selective_scan.triton', 'vmamba', run_selective_scan),
-    'cross_scan': ('mlla_mm.kernels.cross_scan.triton', 'vmamba', run_cross_scan),
-    'linear_attention': ('mlla_mm.kernels.linear_attention.triton', 'mlla', run_linear_attention),
-}
+def run_state_fusion(stage, batch, dtype):
+    """Spatial-Mamba's call: the scan's float32 states fused over the map; C and u in the autocast dtype."""
+    from mlla_mm.kernels.state_fusion import state_fusion
+    channels, height, width = stage['d_inner'], stage['height'], stage['width']
+    h = _randn(batch, channels, height, width, dtype=torch.float32)
+    kernels = [_randn(channels, 1, 3, 3, dtype=torch.float32) for _ in range(3)]
+    y = state_fusion(h, *kernels, _randn(3, dtype=torch.float32), _randn(batch, 1, height, width, dtype=dtype),
+                     _randn(channels, dtype=torch.float32), _randn(batch, channels, height, width, dtype=dtype),
+                     backend='triton')
+    y.backward(torch.ones_like(y))
+
+
+def run_forget_gate(stage, batch, dtype):
+    """The forget-gate op at an MLLA stage, each direction: q, k, v in ``dtype`` (v with the normaliser column the
+    ablation layer appends; that layer itself calls it in float32), g float32."""
+    from mlla_mm.kernels.forget_gate import forget_gate_attention
+    tokens, heads, head_dim = stage['height'] * stage['width'], stage['heads'], stage['head_dim']
+    for direction in ('causal', 'bidirectional', '4-direction'):
+        q, k = (_randn(batch, tokens, heads, head_dim, dtype=dtype) for _ in range(2))
+        g = (-torch.rand(batch, tokens, heads, head_dim)).requires_grad_()
+        v = _randn(batch, tokens, heads, head_dim + 1, dtype=dtype)
+        out = forget_gate_attention(q, k, v, g, direction=direction, hw=(stage['height'], stage['width']),
+                                    backend='triton')
+        out.backward(torch.ones_like(out))
+
+
+# (op, module that must exist, model family whose stages it serves, run function). One op may serve several
+# families (one row each); a new op or family is one more row.
+OPS = (
+    ('selective_scan', 'mlla_mm.kernels.selective_scan.triton', 'vmamba', run_selective_scan),
+    ('cross_scan', 'mlla_mm.kernels.cross_scan.triton', 'vmamba', run_cross_scan),
+    ('linear_attention', 'mlla_mm.kernels.linear_attention.triton', 'mlla', run_linear_attention),
+    ('forget_gate', 'mlla_mm.kernels.forget_gate.triton', 'mlla', run_forget_gate),
+    ('selective_scan', 'mlla_mm.kernels.selective_scan.triton', 'spatialmamba', run_selective_scan),
+    ('state_fusion', 'mlla_mm.kernels.state_fusion.triton', 'spatialmamba', run_state_fusion),
+)
+OP_NAMES = tuple(dict.fromkeys(op for op, *_ in OPS))
 
 
 # ----------------------------------------------------------------------------------------- capture and compilation
@@ -211,8 +256,9 @@ def report(ops, models, sizes, batches, dtypes, arch=90):
                            'triton reads that variable when the kernels are defined')
     compiler = Compiler(arch)
     skipped, configurations = {}, 0
-    for op in ops:
-        module, family, run = OPS[op]
+    for op, module, family, run in OPS:
+        if op not in ops:
+            continue
         try:
             importlib.import_module(module)
         except ImportError as error:
@@ -270,8 +316,9 @@ def print_report(variants, skipped, configurations, out=sys.stdout):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ops', default=','.join(OPS), help='comma list of ops (default: %(default)s)')
-    parser.add_argument('--models', default=','.join(MODELS), help='comma list (default: %(default)s)')
+    parser.add_argument('--ops', default=','.join(OP_NAMES), help='comma list of ops (default: %(default)s)')
+    parser.add_argument('--models', default=','.join(MODELS),
+                        help=f'comma list (default: %(default)s; also: {",".join(EXTRA_MODELS)})')
     parser.add_argument('--sizes', default=','.join(SIZES), help='comma list of S or HxW (default: %(default)s)')
     parser.add_argument('--batches', default='1,2', help='comma list (default: %(default)s)')
     parser.add_argument('--dtypes', default='fp16,bf16,fp32', help='comma list of fp16, bf16, fp32 '
@@ -282,13 +329,13 @@ def parse_args(argv=None):
                         help='exit 1 when a variant with fp16/bf16 pointers spills')
     args = parser.parse_args(argv)
     args.ops = args.ops.split(',')
-    unknown = [op for op in args.ops if op not in OPS]
+    unknown = [op for op in args.ops if op not in OP_NAMES]
     if unknown:
-        parser.error(f'unknown ops {unknown}; known: {sorted(OPS)}')
+        parser.error(f'unknown ops {unknown}; known: {list(OP_NAMES)}')
     args.models = args.models.split(',')
-    unknown = [m for m in args.models if m not in MODELS]
+    unknown = [m for m in args.models if m not in MODELS + EXTRA_MODELS]
     if unknown:
-        parser.error(f'unknown models {unknown}; known: {list(MODELS)}')
+        parser.error(f'unknown models {unknown}; known: {list(MODELS + EXTRA_MODELS)}')
     args.dtypes = args.dtypes.split(',')
     unknown = [d for d in args.dtypes if d not in DTYPES]
     if unknown:

@@ -247,7 +247,7 @@ def _scan_bwd_chunk_kernel(
                  _sum_channels(g * (dt_r * u_r), BLOCK_D, BLOCK_N, BLOCK_L),
                  mask=(part_states < n_state)[:, None] & (reversed_tokens < length)[None, :])
         # dA partials [n_chunks, batch * dim * N]
-        da_base = (chunk * batch_size * dim + batch * dim + first_channel).to(tl.int64) * n_state
+        da_base = (chunk.to(tl.int64) * batch_size * dim + batch * dim + first_channel) * n_state
         tl.store(da_ptr + da_base + local_channels * n_state + states, tl.sum(decayed * dt_r, axis=1), mask=row_mask)
         b_r = tl.load(b_ptr + bc_base + bc_r, mask=mask_r, other=0.0).to(tl.float32)
         gb = _sum_states(g * b_r, BLOCK_D, BLOCK_N, BLOCK_L)                              # [BD, BL]
@@ -269,7 +269,7 @@ def _scan_bwd_chunk_kernel(
         du = gb * dt_c
         ddt = gb * u_c + ddt_state
         # dD and d(delta_bias) partials [n_chunks, batch * dim]
-        partial_offsets = (chunk * batch_size * dim + batch * dim + first_channel).to(tl.int64) \
+        partial_offsets = chunk.to(tl.int64) * batch_size * dim + batch * dim + first_channel \
             + tl.arange(0, BLOCK_D)
         if HAS_D:
             du += tl.load(d_ptr + first_channel + tl.arange(0, BLOCK_D))[:, None] * dy_c
