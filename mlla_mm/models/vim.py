@@ -21,7 +21,8 @@ that is once ``prune_intermediate_layers`` has turned it into a feature backbone
 classification checkpoint (415 keys) loads strictly into ``vim_t``; a pruned backbone has exactly the keys of
 upstream's ``VisionMambaSeg`` (pos_embed without a cls slot, patch_embed, layers, fpn1/fpn2; norm_f and head dropped
 by name), so a segmentation-backbone state dict loads strictly into it. The fpn weights are new when a backbone
-starts from an ImageNet checkpoint (upstream loads with strict=False and leaves them at their initial values too).
+starts from an ImageNet checkpoint: the checkpoint filter keeps them at their initial values, as upstream's
+strict=False load does, and strict loading still covers every trunk weight.
 Pruning the head also removes the cls token and its position slot: the cls token feeds only the classifier, and
 upstream's segmentation backbone runs without it. A model that still has its cls token runs it in the middle of the
 sequence on both paths and leaves it out of the maps.
@@ -412,7 +413,9 @@ def checkpoint_filter_fn(state_dict: dict, model: Vim) -> dict:
       kept for a model with a cls token and dropped otherwise; the patch grid (square in every upstream file) is
       resized bicubically to the model's table.
     - dropped by name: ``cls_token`` when the model has none, ``head.*`` when it has no classifier, ``norm_f.*`` when
-      it has no final norm. RoPE tables (``rope.*``, upstream's seg-S / det configs) are kept, so such a checkpoint
+      it has no final norm.
+    - a classification checkpoint loaded into a feature backbone leaves the pyramid (fpn1, fpn2) at the model's
+      current values, which the returned dict carries, so the load stays strict for everything else. RoPE tables (``rope.*``, upstream's seg-S / det configs) are kept, so such a checkpoint
       fails loudly: this model has no RoPE.
     """
     own = model.state_dict()
@@ -428,6 +431,13 @@ def checkpoint_filter_fn(state_dict: dict, model: Vim) -> dict:
             kept[key] = value
     if dropped:
         log_report(f'checkpoint: skipped {dropped} (not part of this model)')
+    pyramid = [k for k in own if k.startswith(('fpn1.', 'fpn2.'))]
+    classifier_checkpoint = 'cls_token' in state_dict or 'head.weight' in state_dict
+    if pyramid and classifier_checkpoint and not any(k.startswith('fpn') for k in state_dict):
+        # An ImageNet checkpoint has no pyramid: it keeps its initial weights (upstream: strict=False).
+        kept.update({k: own[k] for k in pyramid})
+        log_report(f'checkpoint: a classification checkpoint has no feature pyramid; its {len(pyramid)} tensors '
+                   f'(fpn1, fpn2) keep their initial values')
     return kept
 
 
@@ -498,6 +508,11 @@ def vim_test(**kwargs) -> Vim:
 
 
 # Upstream's segmentation (VisionMambaSeg) and detection (VisionMambaDet) backbones train with drop path 0.1 and add
-# no per-output norms.
+# no per-output norms. Swapped into a recipe: no weight decay on norms and pos_embed; detection's AdamW has wd 0.1
+# (upstream's ViTDet configs), segmentation keeps the toolkit's (the paper's App. B: lr 6e-5, wd 0.01).
 register_family('Vim', Vim, archs=dict(tiny='vim_t', small='vim_s', base='vim_b', test='vim_test'),
-                checkpoint_filter=checkpoint_filter_fn, mm_defaults=dict(drop_path_rate=0.1))
+                checkpoint_filter=checkpoint_filter_fn, mm_defaults=dict(drop_path_rate=0.1),
+                swap_rules=dict(
+                    custom_keys={'norm': dict(decay_mult=0.0), 'pos_embed': dict(decay_mult=0.0)},
+                    adamw=dict(mmdet=dict(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
+                               mmseg=dict(lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01))))
