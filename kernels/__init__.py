@@ -5,6 +5,11 @@ Each op has a folder: ``reference.py`` is the PyTorch ground truth, ``triton.py`
 Importing this package does not import triton.
 """
 from .backend import BACKENDS, backends_used, select_backend
+from .cross_scan import cross_merge, cross_scan
+from .forget_gate import forget_gate_attention
 from .linear_attention import linear_attention
+from .selective_scan import selective_scan
+from .state_fusion import state_fusion
 
-__all__ = ['BACKENDS', 'backends_used', 'linear_attention', 'select_backend']
+__all__ = ['BACKENDS', 'backends_used', 'cross_merge', 'cross_scan', 'forget_gate_attention', 'linear_attention',
+           'select_backend', 'selective_scan', 'state_fusion']

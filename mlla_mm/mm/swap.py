@@ -71,7 +71,7 @@ def swap_changes(cfg, name, pretrained=None, keep_optimizer=False, **overrides):
     if rules is None:
         raise TypeError(f'swap_backbone: {cls.__name__} defines no swap_rules (data_preprocessor, custom_keys, adamw); '
                         'every class in mlla_mm.mm.BACKBONES needs them')
-    # Level i of a recipe is the map at stride 4 * 2**i (the ResNet/Swin convention); find it by reduction.
+    # The recipe's levels are matched by stride to the new backbone's feature_info.
     by_stride = {info['reduction']: (i, info['num_chs']) for i, info in enumerate(probe.feature_info)}
 
     if 'out_indices' in overrides:
@@ -80,11 +80,11 @@ def swap_changes(cfg, name, pretrained=None, keep_optimizer=False, **overrides):
     else:
         levels = recipe_levels(model.backbone, scope)
         source = f"the recipe's backbone ({model.backbone.get('type')}) feeds"
-        new_indices = tuple(by_stride.get(4 * 2 ** i, (None,))[0] for i in levels)
+        new_indices = tuple(by_stride.get(s, (None,))[0] for s in recipe_strides(model.backbone, levels))
     if not levels or any(i not in range(len(probe.feature_info)) for i in new_indices):
         raise ValueError(
             f'swap_backbone: model.backbone.out_indices: {source} levels {levels} (strides '
-            f'{[4 * 2 ** i for i in levels]}), but {name} ({backbone["type"]}) produces strides '
+            f'{recipe_strides(model.backbone, levels)}), but {name} ({backbone["type"]}) produces strides '
             f'{sorted(by_stride)} with channels {[c for _, c in sorted(by_stride.values())]}')
     backbone = new_backbone_cfg(name, pretrained, out_indices=new_indices,
                                 **{k: v for k, v in overrides.items() if k != 'out_indices'})
@@ -152,10 +152,32 @@ def build_empty(cls, kwargs):
         return cls(**kwargs)
 
 
+# Backbones whose output index i is not the map at stride 4 * 2**i (the ResNet/Swin convention): CSPDarknet and
+# CSPNeXt count the stride-2 stem as index 0.
+STRIDE_OF_INDEX = {'CSPDarknet': lambda i: 2 ** (i + 1), 'CSPNeXt': lambda i: 2 ** (i + 1)}
+# Backbones without an out_indices argument, and the levels they always return.
+FIXED_LEVELS = {'MSCAN': (0, 1, 2, 3)}
+# Backbones a single-pyramid backbone cannot stand in for, and why.
+REFUSED = {'HRNet': 'HRNet is multi-branch: its recipes (OCRNet, FCN-HR) concatenate all branches resized to the '
+                    'finest and size their heads for that; swap the backbone of a UperNet or FPN recipe instead'}
+
+
+def recipe_strides(backbone, levels):
+    """The strides of the recipe backbone's output levels. Dilated ResNets (d8) keep their nominal pyramid levels:
+    their heads resize whatever they get."""
+    stride = STRIDE_OF_INDEX.get(str(backbone.get('type')).split('.')[-1], lambda i: 4 * 2 ** i)
+    return [stride(i) for i in levels]
+
+
 def recipe_levels(backbone, scope):
     """The stage indices the recipe's backbone returns: its out_indices, or its class default."""
+    kind = str(backbone.get('type')).split('.')[-1]
+    if kind in REFUSED:
+        raise ValueError(f'swap_backbone: model.backbone ({kind}) cannot be replaced: {REFUSED[kind]}')
     if 'out_indices' in backbone:
         return tuple(backbone['out_indices'])
+    if kind in FIXED_LEVELS:
+        return FIXED_LEVELS[kind]
     cls = REGISTERED_IN[scope].get(backbone.get('type'))
     default = inspect.signature(cls).parameters.get('out_indices') if cls is not None else None
     if default is None or default.default is inspect.Parameter.empty:
@@ -191,9 +213,13 @@ def consumer_changes(model, scope, channels, levels, notes):
             # A list in a config replaces the whole list, so state every neck.
             return dict(neck=[dict(first, in_channels=new)] + [dict(n) for n in neck[1:]])
         return dict(neck=dict(in_channels=new))
+    head = model.get('panoptic_head')  # MaskFormer / Mask2Former: the pixel decoder sits inside the head
+    if head and isinstance(head.get('in_channels'), (list, tuple)):
+        return dict(panoptic_head=_all_levels_changes('model.panoptic_head', head, channels, levels, notes))
     if scope == 'mmdet':
-        raise ValueError('swap_backbone: the recipe has no model.neck; for mmdet recipes the backbone must feed a '
-                         'neck (FPN, ChannelMapper, ...), whose in_channels are set')
+        raise ValueError('swap_backbone: the recipe has no model.neck and no panoptic_head with in_channels; '
+                         'for mmdet recipes the backbone must feed a neck (FPN, ChannelMapper, ...) or a '
+                         'MaskFormer-style head, whose in_channels are set')
     changes = {}
     for key in ('decode_head', 'auxiliary_head'):
         heads = model.get(key)
@@ -208,7 +234,24 @@ def consumer_changes(model, scope, channels, levels, notes):
     return changes
 
 
+def _all_levels_changes(part, head, channels, levels, notes):
+    """A head that reads every backbone level (MaskFormer, Mask2Former): in_channels is the list of all."""
+    wanted = list(head['in_channels'])
+    if len(wanted) != len(channels):
+        raise _level_error(part, head, f'{len(wanted)} levels (in_channels {wanted})', levels)
+    notes.append(f'{part}.in_channels: {wanted} -> {list(channels)}')
+    return dict(in_channels=list(channels))
+
+
 def _head_changes(part, head, channels, levels, notes, full):
+    if 'kernel_generate_head' in head:  # K-Net: the iterative head wraps the head that reads the backbone
+        inner = _head_changes(f'{part}.kernel_generate_head', head['kernel_generate_head'], channels, levels, notes,
+                              full)
+        return dict(head, kernel_generate_head=inner) if full else dict(kernel_generate_head=inner)
+    if 'in_index' not in head and isinstance(head.get('in_channels'), (list, tuple)):
+        return _all_levels_changes(part, head, channels, levels, notes)
+    if 'in_channels' not in head:
+        raise ValueError(f'swap_backbone: {part} ({head.get("type")}) has no in_channels to set')
     index = head.get('in_index', -1)  # BaseDecodeHead's default
     indexes = list(index) if isinstance(index, (list, tuple)) else [index]
     if any(not -len(channels) <= i < len(channels) for i in indexes):
