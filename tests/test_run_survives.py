@@ -45,22 +45,32 @@ def train(config, work_dir, *options, extra=()):
     return run('tools/train.py', config, '--work-dir', str(work_dir), *extra, '--cfg-options', *logging, *options)
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, data_root):
-    """4 iterations in one go == 2 iterations, then --resume to 4: same loss at every iteration, same weights."""
+@pytest.fixture(scope='module')
+def one_go(tmp_path_factory, data_root):
+    """The segmentation demo trained for 4 iterations in one go: (config, work dir)."""
+    tmp_path = tmp_path_factory.mktemp('one_go')
     config = tiny_config(tmp_path, SEG_DEMO, data_root, iters=4)
-    train(config, tmp_path / 'one_go', 'train_cfg.max_iters=4')
+    train(config, tmp_path / 'work', 'train_cfg.max_iters=4')
+    return config, tmp_path / 'work'
+
+
+def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, one_go):
+    """4 iterations in one go == 2 iterations, then --resume to 4: same loss at every iteration, same weights."""
+    config, one_go_dir = one_go
     train(config, tmp_path / 'split', 'train_cfg.max_iters=2')
     output = train(config, tmp_path / 'split', 'train_cfg.max_iters=4', extra=['--resume'])
     assert 'resumed epoch: 0, iter: 2' in output
-    one_go, split = logged(tmp_path / 'one_go'), logged(tmp_path / 'split')
-    assert sorted(one_go) == sorted(split) == [1, 2, 3, 4]
-    for step in one_go:
-        assert one_go[step]['loss'] == split[step]['loss'], (step, one_go[step], split[step])
-    assert_same_weights(weights(tmp_path / 'one_go' / 'iter_4.pth'), weights(tmp_path / 'split' / 'iter_4.pth'))
+    whole, split = logged(one_go_dir), logged(tmp_path / 'split')
+    assert sorted(whole) == sorted(split) == [1, 2, 3, 4]
+    for step in whole:
+        assert whole[step]['loss'] == split[step]['loss'], (step, whole[step], split[step])
+    assert_same_weights(weights(one_go_dir / 'iter_4.pth'), weights(tmp_path / 'split' / 'iter_4.pth'))
 
 
-def test_sigterm_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path, data_root):
-    config = tiny_config(tmp_path, SEG_DEMO, data_root, iters=4)
+def test_sigterm_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path, one_go):
+    """SIGTERM as soon as the first checkpoint exists: the run stops after its iteration with status 143, the last
+    checkpoint loads, and --resume to 4 iterations ends with the weights of the uninterrupted run."""
+    config, one_go_dir = one_go
     work_dir = tmp_path / 'work'
     process = subprocess.Popen(
         [sys.executable, 'tools/train.py', config, '--work-dir', str(work_dir), '--cfg-options', *SEG_EXACT,
@@ -75,31 +85,25 @@ def test_sigterm_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path,
     assert 'SIGTERM received: stopping after iteration' in output
     last = (work_dir / 'last_checkpoint').read_text().strip()
     stopped_at = torch.load(last, map_location='cpu', weights_only=False)['meta']['iter']
-    assert 1 <= stopped_at < 1000
-    # --resume picks up the last checkpoint; the result equals a run that was never interrupted.
-    output = train(config, work_dir, f'train_cfg.max_iters={stopped_at + 2}', extra=['--resume'])
+    assert 1 <= stopped_at < 4, f'stopped at iteration {stopped_at}: the signal came too late to test resuming'
+    output = train(config, work_dir, 'train_cfg.max_iters=4', extra=['--resume'])
     assert f'resumed epoch: 0, iter: {stopped_at}' in output
-    train(config, tmp_path / 'one_go', f'train_cfg.max_iters={stopped_at + 2}')
-    name = f'iter_{stopped_at + 2}.pth'
-    assert_same_weights(weights(work_dir / name), weights(tmp_path / 'one_go' / name))
+    assert_same_weights(weights(work_dir / 'iter_4.pth'), weights(one_go_dir / 'iter_4.pth'))
 
 
-@pytest.mark.parametrize('demo, iters', [(DET_DEMO, 4), (SEG_DEMO, 4)], ids=['detection', 'segmentation'])
-def test_amp_on_cpu_trains_in_bf16_with_finite_losses_and_gradients(tmp_path, data_root, demo, iters):
-    config = tiny_config(tmp_path, demo, data_root, iters=iters)
+@pytest.mark.parametrize('demo', [DET_DEMO, pytest.param(SEG_DEMO, marks=pytest.mark.slow)],
+                         ids=['detection', 'segmentation'])
+def test_amp_on_cpu_trains_in_bf16_with_finite_losses_gradients_and_draws_curves(tmp_path, data_root, demo):
+    import matplotlib.image
+    config = tiny_config(tmp_path, demo, data_root, iters=4)
     output = train(config, tmp_path / 'work', extra=['--amp'])
     assert '--amp on a CPU: bf16 autocast' in output
     records = logged(tmp_path / 'work')
-    assert len(records) == iters
+    assert len(records) == 4
     for record in records.values():
         values = {k: v for k, v in record.items() if k.startswith('loss') or k == 'grad_norm'}
-        assert 'grad_norm' in values and all(map(lambda v: abs(v) < float('inf'), values.values())), record
-
-
-def test_loss_and_metric_curves_are_drawn(tmp_path, data_root):
-    import matplotlib.image
-    config = tiny_config(tmp_path, SEG_DEMO, data_root, iters=4)
-    train(config, tmp_path / 'work', 'train_cfg.val_interval=2')
+        assert 'grad_norm' in values and all(abs(v) < float('inf') for v in values.values()), record
+    # The tiny configs validate halfway and at the end: two points on the metric curve.
     for name in ('loss_curve.png', 'metric_curve.png'):
         image = matplotlib.image.imread(tmp_path / 'work' / name)
-        assert image.ndim == 3 and image.shape[0] > 200 and len(set(map(tuple, image.reshape(-1, 4)[::7].tolist()))) > 10
+        assert image.shape[0] > 200 and len(set(map(tuple, image.reshape(-1, 4)[::7].tolist()))) > 10, name
