@@ -1,6 +1,7 @@
 """Spatial-Mamba: released sizes, upstream-layout loading, parity with an independent oracle
 (tests/oracles/spatial_mamba_oracle.py), the scan-as-states identity, and one code path for training and evaluation."""
 import os
+import re
 
 import pytest
 import torch
@@ -177,3 +178,28 @@ def test_bad_input_errors():
         mlla_mm.models.get_family('SpatialMamba').model_name('huge')
     with pytest.raises(ValueError, match='d_state must be 1'):
         StructureAwareSSM(16, d_state=4)
+
+
+@pytest.mark.slow
+def test_stock_upernet_recipe_trains_and_validates_with_the_backbone(tmp_path):
+    """Issue 12's 'done when': mmseg's UperNet recipe with --backbone spatialmamba_test trains and validates on the
+    demo data in one run (64 px images, 64 px crops)."""
+    from mlla_mm.utils.demo_data import make_demo_data
+
+    from .test_tools import run
+    make_demo_data(str(tmp_path / 'data'), train=4, val=2, size=64, min_radius=8, max_radius=20, log=lambda *_: None)
+    ade = tmp_path / 'data' / 'ade'
+    options = []
+    for loader in ('train_dataloader', 'val_dataloader'):
+        options += [f'{loader}.dataset.data_root={ade}', f'{loader}.num_workers=0',
+                    f'{loader}.persistent_workers=False', f'{loader}.batch_size=2']
+    output = run('tools/train.py', 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py',
+                 '--backbone', 'spatialmamba_test', '--work-dir', str(tmp_path / 'work'), '--cfg-options', *options,
+                 'train_dataloader.dataset.pipeline.2.scale=(128,64)',
+                 'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+                 'model.data_preprocessor.size=(64,64)', 'val_dataloader.dataset.pipeline.1.scale=(128,64)',
+                 'train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.logger.interval=1',
+                 'default_hooks.checkpoint.interval=2', timeout=1200)
+    assert 'swap_backbone: model.backbone: SpatialMamba (spatialmamba_test)' in output
+    assert re.search(r'Iter\(train\) \[2/2\]', output), output[-3000:]
+    assert re.search(r'mIoU: \d', output), output[-3000:]
