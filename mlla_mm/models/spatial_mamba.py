@@ -321,7 +321,9 @@ def spatialmamba_test(**kwargs) -> SpatialMamba:
     return _create_spatial_mamba('test', **kwargs)
 
 
+# Upstream's detection and segmentation backbones keep the ImageNet drop-path rate of each size (the arch default),
+# and add a LayerNorm over the channels per output (outnorm0..3).
 register_family('SpatialMamba', SpatialMamba,
                 archs=dict(tiny='spatialmamba_t', small='spatialmamba_s', base='spatialmamba_b',
                            test='spatialmamba_test'),
-                checkpoint_filter=checkpoint_filter_fn, out_norm='outnorm', mm_defaults=dict(drop_path_rate=0.2))
+                checkpoint_filter=checkpoint_filter_fn, out_norm='outnorm')
