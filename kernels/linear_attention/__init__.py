@@ -37,12 +37,16 @@ Settings:
     MLLA (the defaults, plus LePE): linear_attention(qk, x.view(B, N, H, C // H), hw, lepe_weight=lepe.weight,
         lepe_bias=lepe.bias), with qk = Linear(C, 2C)(x) (mlla_mm.layers.LinearAttention).
     VSSD NC-SSD (YuHengsss/VSSD mamba2.py, ngroups 1, reference/mambavision_vssd.md sec. 2.3):
-        y_{l,h} = C_l . sum_j B_j^T (dt_{j,h} exp(A_log_h) x_{j,h}) + D_h x_{j,h}
+        y_{l,h} = C_l . sum_j B_j^T (dt_{j,h} exp(A_log_h) x_{j,h}) + D_h x_{l,h}
         = linear_attention(xBC[..., Di:], x.view(B, L, H, P), hw, feature_map='none', rope=False, norm='none',
                            gate=dt * A_log.exp(), shortcut=D, shared_qk=True, qk_order='kq')
         where xBC = SiLU(conv2d(xBC)) splits as (x: Di, B: d_state, C: d_state), so xBC[..., Di:] holds k = B then
-        q = C; dt = softplus(dt + dt_bias) is [B, L, H] and D is [H].
-    Single head (the paper's -multi-head): shared_qk=True with a small Dk, any number of value heads.
+        q = C (Dk = d_state, shared by the H heads of P = Di / H channels); dt = softplus(dt + dt_bias) is
+        [B, L, H] in x's dtype and D is [H]. The caller then applies VSSD's LayerNorm(Di), the linear gate y * z and
+        out_proj. The state is not normalised: it is accumulated in fp32 and, for fp16/bf16 inputs, the products
+        with it run in fp32 (tf32), so it cannot overflow fp16 at detection sizes.
+    Single head (the paper's "- multi-head"): shared_qk=True with a small Dk (one d x C state, split into value heads
+        only for the kernels: the result equals one head of Dv = C).
     Input gate: gate [B, N, H, Dv] (per channel, the paper) or [B, N, H]. Shortcut: shortcut [H, Dv].
     No attention normalisation: norm='none' (literal eq. 11) or norm='mean' (keeps the 1/N).
 """

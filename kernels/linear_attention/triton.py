@@ -4,20 +4,23 @@ Notation per (batch b, value head h), tokens n of an H x W grid; Q, K = phi(q), 
 query / key), Q~, K~ their RoPE rotations (or Q, K without RoPE), u_n = s_n * v_n (the gated value, or v_n), and
 sigma = 1/N for the 'denominator' and 'mean' normalisers, 1 for 'none':
     state  S = sum_n K~_n u_n^T (Dk x Dv) and ksum = sum_n K_n (Dk), one fp32 record of Dk*Dv + Dk floats per (b, h)
-    out_n  = c_n Q~_n (sigma S) + D * v_n,   c_n = 1 / (Q_n . sigma ksum + eps) ('denominator') or 1
+    out_n  = c_n Q~_n (sigma S) + D * v_n + LePE(v)_n,   c_n = 1 / (Q_n . sigma ksum + eps) ('denominator') or 1
 
 Kernels (grid axis 0 is (batch, head), so the programs of one token tile run together and the tile's full qk / v
 rows are read once from HBM even when the heads share one query / key):
     forward   _fwd_state_kernel  (B*H, chunks): k, v[, gate] of a token chunk -> partial state; the last chunk of each
                                  (b, h) to finish sums the partials in a fixed order into the state (deterministic).
-              _fwd_out_kernel    (B*H, tiles):  q[, v] -> out
+              _fwd_out_kernel    (B*H, tiles):  q[, v] -> out, with D * v and the 3x3 LePE taps of v (the
+                                 neighbouring rows come from L1 / L2) fused in
     backward  _bwd_state_kernel  (B*H, chunks): q, do -> partial (dS, dksum), reduced the same way; dq (per-head q/k)
-              _bwd_kv_kernel     (B*H or B, tiles): k, v[, gate, do] -> dk, dv[, dgate, dD partials]; with a shared
-                                 query / key one program loops over the heads, so dq and dk (sums over the heads) are
-                                 written once, with no reduction pass.
-Launches: 2 forward, 2 backward (+1 torch sum for the gradient of the D shortcut, a [tiles, B*H, Dv] partial).
-The chunked reductions fill the GPU at batch 1; only qk, v[, gate, D] (the caller's tensors) and the fp32 state are
-saved for backward: phi, RoPE, z and out are recomputed.
+              _bwd_kv_kernel     (B*H or B, tiles): k, v[, gate, do] -> dk, dv[, dgate] and per-tile parts of the
+                                 parameter gradients (D, LePE weight and bias); with a shared query / key one program
+                                 loops over the heads, so dq and dk (sums over the heads) are written once.
+Launches: 2 forward; 2 backward, plus one torch sum of the parameter parts when there is a D or a LePE (and a [C]
+copy when there are two such parameters: custom-op outputs may not share storage). MLLA's mixer was 6 launches
+forward (projection, 2 kernels, a torch.sum of partials, LePE conv, add) and is 3 (projection, 2 kernels).
+The chunked reductions fill the GPU at batch 1; only qk, v[, gate, D, LePE] (the caller's tensors) and the fp32 state
+are saved for backward: phi, RoPE, z and out are recomputed.
 
 Inside a kernel a [tokens, Dk] tile is loaded with its native strides and split into its even and odd channels, the
 two halves of each RoPE pair: the rotation is then elementwise, and the Dk x Dv products are taken per half
