@@ -27,7 +27,10 @@ class GraphCounter:
 
 
 def features(model):
-    return model.forward_features if hasattr(model, 'forward_features') else model
+    """The backbone path the mm adapters run (every stage's map, models/README.md), else forward_features."""
+    if hasattr(model, 'forward_intermediates'):
+        return lambda x: model.forward_intermediates(x, intermediates_only=True)
+    return model.forward_features
 
 
 def test_there_are_models_to_compile():
