@@ -259,7 +259,7 @@ def plot(rows, header, path):
             axis.text(value, y, f' {value:.3g}', va='center', fontsize=7)
         axis.margins(x=0.25)
     axes[0].invert_yaxis()
-    figure.suptitle(f'{header["recipe"]}, {header["schedule"]} ({header["commit"]})', fontsize=9)
+    figure.suptitle(f'{header["recipe"]}, {header["schedule"]}, commit {header["commit"]}', fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
