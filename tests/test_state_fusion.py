@@ -109,6 +109,16 @@ def test_public_function_dispatches_and_casts_parameters():
         assert_close(y, expected, torch.float32, f'{backend} backend')
 
 
+def test_reference_stays_float32_under_autocast():
+    # Autocast would run the convolutions in bfloat16; the op's math is float32 on both backends.
+    inputs = [t.detach() for t in make_inputs(1, 4, 6, 7)]
+    expected = state_fusion(*inputs, backend='torch')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        actual = state_fusion(*inputs, backend='torch')
+    assert actual.dtype == torch.float32
+    assert_close(actual, expected, torch.float32, 'under autocast')
+
+
 def test_weight_changes_are_seen_at_once():
     # No cached merged kernel: a changed alpha changes the next call's output, on both backends.
     inputs = [t.detach() for t in make_inputs(1, 4, 6, 7)]

@@ -19,12 +19,14 @@ def state_fusion_reference(h, kernel_3, kernel_3_1, kernel_3_2, alpha, C, D, u) 
 
     Returns y [B, Di, H, W] in h's dtype."""
     channels = h.shape[1]
-    states = h.float()
-    alpha = alpha.float()
-    fused = 0
-    for k, (dilation, kernel) in enumerate(zip(DILATIONS, (kernel_3, kernel_3_1, kernel_3_2))):
-        # Replicate padding works for maps smaller than the padding too (F.pad clamps the indices).
-        padded = F.pad(states, (dilation,) * 4, mode='replicate')
-        fused = fused + alpha[k] * F.conv2d(padded, kernel.float(), dilation=dilation, groups=channels)
-    y = fused * C.float() + D.float()[:, None, None] * u.float()
+    # Float32 under autocast too (which would run the convolutions in half precision), as the Triton kernel.
+    with torch.autocast(h.device.type, enabled=False):
+        states = h.float()
+        alpha = alpha.float()
+        fused = 0
+        for k, (dilation, kernel) in enumerate(zip(DILATIONS, (kernel_3, kernel_3_1, kernel_3_2))):
+            # Replicate padding works for maps smaller than the padding too (F.pad clamps the indices).
+            padded = F.pad(states, (dilation,) * 4, mode='replicate')
+            fused = fused + alpha[k] * F.conv2d(padded, kernel.float(), dilation=dilation, groups=channels)
+        y = fused * C.float() + D.float()[:, None, None] * u.float()
     return y.to(h.dtype)
