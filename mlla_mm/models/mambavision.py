@@ -119,7 +119,7 @@ class ConvBlock(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path(self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x))))))
 
 
@@ -232,12 +232,12 @@ class MambaVisionLayer(nn.Module):
                 for i in range(depth)])
         self.downsample = Downsample(dim) if downsample else None
 
-    def _run_blocks(self, x, pad=None):
+    def _run_blocks(self, x, *pad):
         for block in self.blocks:
             if self.with_cp and torch.is_grad_enabled():
-                x = checkpoint(block, x, pad, use_reentrant=False)
+                x = checkpoint(block, x, *pad, use_reentrant=False)
             else:
-                x = block(x, pad)
+                x = block(x, *pad)
         return x
 
     def forward(self, x: torch.Tensor):
