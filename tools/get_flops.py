@@ -21,10 +21,10 @@ import os
 os.environ['MLLA_MM_BACKEND'] = 'torch'
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from mmengine.analysis import FlopAnalyzer, parameter_count  # noqa: E402
+from mmengine.analysis import parameter_count  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
+from mlla_mm.benchmark import flop_analyzer  # noqa: E402
 from mlla_mm.layers import LinearAttention  # noqa: E402
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048), 'backbone': (224, 224)}
@@ -57,24 +57,6 @@ class LinearAttentionCounter:
     def remove(self):
         for handle in self.handles:
             handle.remove()
-
-
-class _DenseForward(nn.Module):
-    """Calls a detector's / segmentor's tensor-only forward (``_forward``) so the tracer sees one tensor input."""
-
-    def __init__(self, model, library, shape):
-        super().__init__()
-        self.model = model
-        self.data_samples = None
-        if library == 'mmdet':
-            from mmdet.structures import DetDataSample
-            sample = DetDataSample()
-            sample.set_metainfo(dict(img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1.0, 1.0),
-                                     batch_input_shape=shape))
-            self.data_samples = [sample]
-
-    def forward(self, x):
-        return self.model._forward(x, self.data_samples)
 
 
 def build_target(args):
@@ -114,11 +96,9 @@ def main(argv=None):
     if len(shape) != 2 or min(shape) <= 0:
         raise ValueError(f'--shape takes H W (or one size), got {args.shape}')
     shape = tuple(shape)
-    traced = model if library == 'backbone' else _DenseForward(model, library, shape)
     counter = LinearAttentionCounter(model)
     with torch.no_grad():
-        analyzer = FlopAnalyzer(traced, torch.zeros(1, 3, *shape))
-        analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
+        analyzer = flop_analyzer(model, shape, None if library == 'backbone' else library)
         total = analyzer.total()
         by_module = analyzer.by_module()
         by_op = analyzer.by_operator()
