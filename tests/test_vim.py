@@ -149,17 +149,17 @@ def test_stop_early_and_index_selection():
     assert torch.equal(last[0], every[3]) and final.shape == (1, 12, 32)
 
 
-def test_classifier_has_no_pyramid_until_features_are_requested():
-    model = create_model('vim_test')
-    assert not any(k.startswith('fpn') for k in model.state_dict())
-    with pytest.raises(RuntimeError, match='prune_intermediate_layers'):
-        model.forward_intermediates(torch.randn(1, 3, 32, 32))
-    # A classifier built with the pyramid keeps its cls token on both paths and leaves it out of the maps.
-    model = create_model('vim_test', feature_pyramid=True).eval()
+def test_pyramid_exists_only_when_features_are_requested():
+    classifier = create_model('vim_test')
+    assert not any(k.startswith('fpn') for k in classifier.state_dict())
+    assert any(k.startswith('fpn1.') for k in create_model('vim_test', num_classes=0).state_dict())
+    # A classifier asked for maps builds its pyramid, keeps its cls token on both paths and leaves it out of the maps.
+    classifier.eval()
     with torch.no_grad():
-        final, maps = model.forward_intermediates(torch.randn(1, 3, 32, 48))
-        assert final.shape == (1, 7, 32) and maps[2].shape == (1, 32, 2, 3)
-        assert model.forward_head(final).shape == (1, 1000)
+        final, maps = classifier.forward_intermediates(torch.randn(1, 3, 32, 48))
+    assert classifier.has_pyramid and not classifier.fpn1.training
+    assert final.shape == (1, 7, 32) and maps[2].shape == (1, 32, 2, 3)
+    assert classifier.forward_head(final).shape == (1, 1000)
 
 
 def test_no_weight_decay_stage_prefixes_and_family():

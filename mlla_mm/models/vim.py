@@ -15,10 +15,12 @@ Two paths through the same blocks:
   ``fpn1`` (two 2x2 transposed convs with BatchNorm + GELU between), ``fpn2`` (one transposed conv), ``fpn3``
   (identity) and ``fpn4`` (2x2 max pool).
 
-Where the pyramid lives (a design decision): ``fpn1..fpn4`` belong to the model only when features are requested,
-that is once ``prune_intermediate_layers`` has turned it into a feature backbone (what the mm adapter and
-``features_only`` do) or when it is built with ``feature_pyramid=True``. A classifier has none, so an upstream
-classification checkpoint (415 keys) loads strictly into ``vim_t``; a pruned backbone has exactly the keys of
+Where the pyramid lives (a design decision): ``fpn1..fpn4`` belong to the model only when features are requested:
+a model built without a classifier (``num_classes=0``, or ``feature_pyramid=True``) has them from the start,
+``prune_intermediate_layers`` (what the mm adapter and ``features_only`` call) adds them, and a classifier's first
+``forward_intermediates`` call builds them (with a warning: an optimizer made before does not hold them). A
+classifier has none, so an upstream classification checkpoint (415 keys, 7,148,008 parameters for Ti) loads strictly
+into ``vim_t``; a pruned backbone has exactly the keys of
 upstream's ``VisionMambaSeg`` (pos_embed without a cls slot, patch_embed, layers, fpn1/fpn2; norm_f and head dropped
 by name), so a segmentation-backbone state dict loads strictly into it. The fpn weights are new when a backbone
 starts from an ImageNet checkpoint: the checkpoint filter keeps them at their initial values, as upstream's
@@ -204,14 +206,14 @@ class Vim(nn.Module):
         residual_in_fp32: keep the residual stream in float32 (upstream's classifiers do).
         out_layers: the blocks whose mixer outputs become levels 0..3 (default depth * (k + 1) / 4 - 1:
             5, 11, 17, 23 for depth 24).
-        feature_pyramid: build ``fpn1..fpn4`` now (``prune_intermediate_layers`` builds them otherwise).
+        feature_pyramid: build ``fpn1..fpn4`` now; None builds them when there is no classifier (num_classes=0).
         with_cp: gradient checkpointing per block.
         backend: selective-scan backend ('auto' | 'triton' | 'torch'; None reads MLLA_MM_BACKEND).
     """
 
     def __init__(self, embed_dim=192, depth=24, d_state=16, expand=2, d_conv=4, patch_size=16, img_size=224,
                  in_chans=3, num_classes=1000, drop_rate=0.0, drop_path_rate=0.0, norm_eps=1e-5,
-                 residual_in_fp32=True, out_layers=None, feature_pyramid=False, with_cp=False, backend=None):
+                 residual_in_fp32=True, out_layers=None, feature_pyramid=None, with_cp=False, backend=None):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(img_size) != 2 or any(s < patch_size for s in img_size):
@@ -240,10 +242,11 @@ class Vim(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm_f = RMSNorm(embed_dim, norm_eps)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [dict(num_chs=embed_dim, reduction=4 * 2 ** k, module=f'fpn{k + 1}')
-                             for k in range(NUM_LEVELS)]
+        # 'module': the block whose mixer output becomes the level (through fpn{k + 1}), as timm names ViT levels.
+        self.feature_info = [dict(num_chs=embed_dim, reduction=4 * 2 ** k, module=f'layers.{block}')
+                             for k, block in enumerate(self.out_layers)]
         self._init_weights(depth)
-        if feature_pyramid:
+        if feature_pyramid or (feature_pyramid is None and num_classes == 0):
             self._build_pyramid()
         self.set_grad_checkpointing(with_cp)
 
@@ -343,10 +346,12 @@ class Vim(nn.Module):
         no effect: the levels are mixer outputs, which the final norm (of the residual stream) does not apply to.
         Returns the maps, or (final tokens [B, L, C] as ``forward_features`` gives them, maps); see models/README.md.
         """
-        if not self.has_pyramid:
-            raise RuntimeError('Vim has no feature pyramid yet: call prune_intermediate_layers(...) (as features_only '
-                               'and the mm backbone do) or build the model with feature_pyramid=True')
         take = feature_take_indices(NUM_LEVELS, indices)
+        if not self.has_pyramid:
+            log_report('Vim: building the feature pyramid (fpn1..fpn4) on the first forward_intermediates call; an '
+                       'optimizer made before does not hold its parameters. Build the model with num_classes=0 or '
+                       'feature_pyramid=True, or call prune_intermediate_layers(), before making one.', 'WARNING')
+            self._build_pyramid()
         last = self.out_layers[max(take)] if stop_early else len(self.layers) - 1
         height, width = x.shape[-2:]
         hidden, (grid_h, grid_w), cls_index = self._embed(x)
