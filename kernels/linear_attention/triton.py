@@ -53,7 +53,8 @@ MAX_HEAD_DIM = 128
 MIN_CHUNK = 512
 PROGRAMS_PER_SM = 4
 NUM_STAGES = 3
-REDUCE_BLOCK = 1024  # floats of a state record summed per step by the last program of a (b, h)
+REDUCE_BLOCK = 1024  # floats of a state record summed per step by the last program of a (b, h) ...
+_REDUCE_CHUNKS = tl.constexpr(8)  # ... over this many chunks at once
 PARAM_SLOTS = 11  # per-tile parameter-gradient parts of _bwd_kv_kernel: D, the 9 LePE taps, the LePE bias
 # (reduction tile, apply tile, warps) by (max(BLOCK_DK, BLOCK_DV), element size): the largest tiles with which the
 # MLLA kernels did not spill registers on sm_90 (ptxas, D = 16..128; only fp32 at D = 128 spills, 100-300 bytes).
@@ -256,7 +257,8 @@ def _store_state(ptr, mat_even, mat_odd, vec_even, vec_odd, DK: tl.constexpr, DV
 def _store_or_reduce(part_ptr, state_ptr, count_ptr, bh, chunk, n_chunks, mat_even, mat_odd, vec_even, vec_odd,
                      DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                      BLOCK_R: tl.constexpr):
-    """Store this chunk's record; the last chunk of (b, h) to arrive sums all of them, in chunk order, into the state.
+    """Store this chunk's record; the last chunk of (b, h) to arrive sums all of them, in a fixed order, into the
+    state.
 
     The per-(b, h) arrival counter is left at zero for the next launch (it lives in a buffer cached per device).
     """
@@ -272,14 +274,20 @@ def _store_or_reduce(part_ptr, state_ptr, count_ptr, bh, chunk, n_chunks, mat_ev
         tl.debug_barrier()
         arrived = tl.atomic_add(count_ptr + bh, 1, sem='acq_rel')
         if arrived == n_chunks - 1:
+            # [_REDUCE_CHUNKS, BLOCK_R] tiles: many chunks' loads in flight at once (one program reads every partial
+            # of its (b, h); a chunk at a time would wait out the L2 latency chunks * record / BLOCK_R times). The
+            # summation order is fixed by the code, so the result is the same on every run.
             for start in tl.range(0, record, BLOCK_R):
                 offs = start + tl.arange(0, BLOCK_R)
                 mask = offs < record
                 total = tl.zeros((BLOCK_R,), tl.float32)
-                for c in tl.range(0, n_chunks):
+                for c0 in tl.range(0, n_chunks, _REDUCE_CHUNKS):
+                    chunks = c0 + tl.arange(0, _REDUCE_CHUNKS)
                     # .cg: read at L2, where the other programs' partials are, never a stale L1 line.
-                    total += tl.load(part_ptr + (c * num_bh + bh).to(tl.int64) * record + offs, mask=mask,
-                                     other=0.0, cache_modifier='.cg')
+                    parts = tl.load(part_ptr + (chunks[:, None] * num_bh + bh).to(tl.int64) * record + offs[None, :],
+                                    mask=(chunks[:, None] < n_chunks) & mask[None, :], other=0.0,
+                                    cache_modifier='.cg')
+                    total += tl.sum(parts, axis=0)
                 tl.store(state_ptr + bh.to(tl.int64) * record + offs, total, mask=mask)
             tl.atomic_xchg(count_ptr + bh, 0)
 
@@ -598,8 +606,8 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_p
                    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_N: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr, NORM: tl.constexpr,
                    GATE: tl.constexpr, SHORTCUT: tl.constexpr, LEPE: tl.constexpr, PARAM_SLOTS: tl.constexpr,
-                   STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr, LOAD_DO: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
-                   FAST_SINCOS: tl.constexpr):
+                   STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr, LOAD_DO: tl.constexpr, PRECISION: tl.constexpr,
+                   INTERPRET_BF16: tl.constexpr, FAST_SINCOS: tl.constexpr):
     """For one tile of tokens and heads_per_program value heads (1, or all of them when they share q / k):
         du_n = K~_n^T (sigma dS)     dv_n = s_n * du_n [+ D * do_n]     dgate_n = du_n . v_n (per head / channel)
         dk_n = (R^T sum_h (sigma dS_h) u_n + sum_h sigma dksum_h) * phi'(k_n)
