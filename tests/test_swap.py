@@ -39,8 +39,16 @@ SEGMENTATION = {
 }
 RECIPES = {**DETECTION, **SEGMENTATION}
 WITH_MASKS = ('mask_rcnn', 'cascade_mask_rcnn')
-# The tiny variant of every backbone family; the released ones are only read on the meta device.
+# The tiny variant of every backbone family; the released ones are only read on the meta device. By default MLLA's
+# and VMamba's names run over every recipe; the other families' (which tests/test_swap_sweep.py and their own config
+# tests cover too) join under -m slow.
 TEST_NAMES = [name for name in BACKBONE_NAMES if name.endswith('_test')]
+DEFAULT_FAMILIES = ('MLLA', 'VMamba')
+
+
+def by_family(names):
+    return [name if BACKBONE_NAMES[name]['type'] in DEFAULT_FAMILIES else pytest.param(name, marks=pytest.mark.slow)
+            for name in names]
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,7 +86,7 @@ def without_scope(value, scope):
 
 # ---------------------------------------------------------------- the config changes (cheap: meta-device builds)
 
-@pytest.mark.parametrize('name', list(BACKBONE_NAMES))
+@pytest.mark.parametrize('name', by_family(BACKBONE_NAMES))
 @pytest.mark.parametrize('key', list(RECIPES))
 def test_swap_sets_backbone_and_consumers(key, name):
     original = recipe(key)
@@ -241,7 +249,7 @@ def test_cli_with_a_config_path(tmp_path):
 
 # ---------------------------------------------------------------- one training step on the CPU
 
-@pytest.mark.parametrize('name', TEST_NAMES)
+@pytest.mark.parametrize('name', by_family(TEST_NAMES))
 @pytest.mark.parametrize('key', list(RECIPES))
 def test_one_training_step(key, name, mm_batch):
     torch.manual_seed(0)
