@@ -18,16 +18,17 @@ Two paths through the same blocks:
 Where the pyramid lives (a design decision): ``fpn1..fpn4`` belong to the model only when features are requested:
 a model built without a classifier (``num_classes=0``, or ``feature_pyramid=True``) has them from the start,
 ``prune_intermediate_layers`` (what the mm adapter and ``features_only`` call) adds them, and a classifier's first
-``forward_intermediates`` call builds them (with a warning: an optimizer made before does not hold them). A
-classifier has none, so an upstream classification checkpoint (415 keys, 7,148,008 parameters for Ti) loads strictly
-into ``vim_t``; a pruned backbone has exactly the keys of
-upstream's ``VisionMambaSeg`` (pos_embed without a cls slot, patch_embed, layers, fpn1/fpn2; norm_f and head dropped
-by name), so a segmentation-backbone state dict loads strictly into it. The fpn weights are new when a backbone
-starts from an ImageNet checkpoint: the checkpoint filter keeps them at their initial values, as upstream's
-strict=False load does, and strict loading still covers every trunk weight.
-Pruning the head also removes the cls token and its position slot: the cls token feeds only the classifier, and
-upstream's segmentation backbone runs without it. A model that still has its cls token runs it in the middle of the
-sequence on both paths and leaves it out of the maps.
+``forward_intermediates`` call builds them (with a warning: an optimizer made before does not hold them).
+- A classifier has none, so an upstream classification checkpoint (415 keys, 7,148,008 parameters for Ti) loads
+  strictly into ``vim_t``.
+- A pruned backbone has exactly the keys of upstream's ``VisionMambaSeg`` (pos_embed without a cls slot,
+  patch_embed, layers, fpn1/fpn2; norm_f and head are dropped by name), so a segmentation-backbone state dict loads
+  strictly into it.
+- An ImageNet checkpoint has no pyramid: loaded into a backbone, the checkpoint filter keeps fpn1/fpn2 at their
+  initial values (as upstream's strict=False load does), and every trunk weight is still loaded strictly.
+- Pruning the head also removes the cls token and its position slot: the cls token feeds only the classifier, and
+  upstream's segmentation backbone runs without it. A model that still has its cls token runs it in the middle of
+  the sequence on both paths and leaves it out of the maps.
 
 Any input size works, rectangular and odd: the image is zero-padded to a multiple of 16, the position embedding is
 resized (bicubic) from its table to the runtime grid, and the levels are cropped to ceil(H / s) x ceil(W / s). Two
