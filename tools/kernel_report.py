@@ -109,11 +109,16 @@ def run_cross_scan(stage, batch, dtype):
 
 
 def run_linear_attention(stage, batch, dtype):
-    """MLLA's call at one stage: q, k, v [B, N, heads, head_dim] over the stage's H x W grid."""
+    """MLLA's call at one stage: the packed qk projection [B, N, 2C], v [B, N, heads, head_dim] and LePE's 3x3
+    depthwise weights, over the stage's H x W grid."""
     from mlla_mm.kernels.linear_attention import linear_attention
     tokens, heads, head_dim = stage['height'] * stage['width'], stage['heads'], stage['head_dim']
-    q, k, v = (_randn(batch, tokens, heads, head_dim, dtype=dtype) for _ in range(3))
-    out = linear_attention(q, k, v, (stage['height'], stage['width']), backend='triton')
+    channels = heads * head_dim
+    qk = _randn(batch, tokens, 2 * channels, dtype=dtype)
+    v = _randn(batch, tokens, heads, head_dim, dtype=dtype)
+    out = linear_attention(qk, v, (stage['height'], stage['width']),
+                           lepe_weight=_randn(channels, 1, 3, 3, dtype=torch.float32),
+                           lepe_bias=_randn(channels, dtype=torch.float32), backend='triton')
     out.backward(torch.ones_like(out))
 
 
