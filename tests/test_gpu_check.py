@@ -51,9 +51,10 @@ def test_refuses_under_the_interpreter(gpu_check, monkeypatch):
 def test_kernel_checks_run_on_cpu_through_the_interpreter(gpu_check):
     """The same check functions at tiny shapes: every row passes, and a broken case is recorded, not raised."""
     cases = ((gpu_check.check_selective_scan, 'tiny scan', (1, 4, 2, 1, 20)),
-             (gpu_check.check_cross_scan, 'tiny cross-scan', (1, 2, 3, 5)))
+             (gpu_check.check_cross_scan, 'tiny cross-scan', (1, 2, 3, 5)),
+             (gpu_check.check_linear_attention, 'tiny linear attention', (1, 3, 5, 2, 16)))
     rows = gpu_check.run_kernel_checks('cpu', cases, dtypes=(torch.float32, torch.bfloat16))
-    assert {r['op'] for r in rows} == {'selective_scan', 'cross_scan', 'cross_merge'}
+    assert {r['op'] for r in rows} == {'selective_scan', 'cross_scan', 'cross_merge', 'linear_attention'}
     scan_rows = [r for r in rows if r['op'] == 'selective_scan' and r['dtype'] == 'float32']
     assert len(scan_rows) == 1 + 7 + 1  # y, 7 gradients, bit-identical gradients
     failed = [r for r in rows if not r['passed']]

@@ -126,16 +126,22 @@ def check_cross_scan(rows, device, case, batch, channels, height, width, dtype):
 
 
 def check_linear_attention(rows, device, case, batch, height, width, heads, head_dim, dtype):
+    """MLLA's call: packed qk [B, N, 2C], v [B, N, H, D], LePE's depthwise 3x3 (float32 parameters)."""
     from mlla_mm.kernels.linear_attention import linear_attention, linear_attention_reference
     gen = torch.Generator().manual_seed(0)
-    shape = (batch, height * width, heads, head_dim)
-    low = [torch.randn(shape, generator=gen).to(device, dtype).requires_grad_() for _ in range(3)]
+    tokens, channels = height * width, heads * head_dim
+    qk = torch.randn(batch, tokens, 2 * channels, generator=gen).to(device, dtype).requires_grad_()
+    v = torch.randn(batch, tokens, heads, head_dim, generator=gen).to(device, dtype).requires_grad_()
+    lepe_weight = (0.2 * torch.randn(channels, 1, 3, 3, generator=gen)).to(device).requires_grad_()
+    lepe_bias = torch.randn(channels, generator=gen).to(device).requires_grad_()
+    low = [qk, v, lepe_weight, lepe_bias]
     ref = [t.detach().float().requires_grad_() for t in low]
-    out = linear_attention(*low, (height, width), backend='triton')
-    expected = linear_attention_reference(*ref, (height, width))
+    out = linear_attention(qk, v, (height, width), lepe_weight=lepe_weight, lepe_bias=lepe_bias, backend='triton')
+    expected = linear_attention_reference(ref[0], ref[1], (height, width), lepe_weight=ref[2], lepe_bias=ref[3])
     compare(rows, 'linear_attention', case, dtype, 'out', out, expected)
-    grad_out = torch.randn(shape, generator=gen).to(device)
-    for name, got, want in zip(('dq', 'dk', 'dv'), _grads(out, low, grad_out), _grads(expected, ref, grad_out)):
+    grad_out = torch.randn(out.shape, generator=gen).to(device)
+    for name, got, want in zip(('dqk', 'dv', 'dlepe_weight', 'dlepe_bias'), _grads(out, low, grad_out),
+                               _grads(expected, ref, grad_out)):
         compare(rows, 'linear_attention', case, dtype, name, got, want)
 
 
