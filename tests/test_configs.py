@@ -98,6 +98,11 @@ def test_config_builds_and_trains_one_step(path, mm_batch):
 METAFILES = sorted(glob.glob(os.path.join(ROOT, 'configs', '*', 'metafile.yml')))
 
 
+def test_metafiles_found():
+    families = {os.path.basename(os.path.dirname(m)) for m in METAFILES}
+    assert {'mlla', 'vmamba', 'mambavision', 'mambaout'} <= families, families
+
+
 @pytest.mark.parametrize('metafile', METAFILES, ids=[os.path.basename(os.path.dirname(m)) for m in METAFILES])
 def test_metafile_lists_every_config_of_its_family(metafile):
     """mmdet's model-index format: each entry names an existing config of its collection, by the config's name; every
@@ -111,8 +116,10 @@ def test_metafile_lists_every_config_of_its_family(metafile):
         assert model['In Collection'] == collection
         assert os.path.isfile(os.path.join(ROOT, model['Config'])), model['Config']
         assert model['Name'] == os.path.splitext(os.path.basename(model['Config']))[0]
+        dataset = 'COCO' if model['Config'].startswith('configs/mmdet/') else 'ADE20K'
+        assert model['Metadata']['Training Data'] == dataset, model['Name']
         for result in model.get('Results', []):
-            assert result['Dataset'] in ('COCO', 'ADE20K') and result['Metrics']
+            assert result['Dataset'] == dataset and result['Metrics'], model['Name']
             assert all(isinstance(v, float) and 0 < v < 100 for v in result['Metrics'].values()), model['Name']
         listed.add(model['Config'])
     family = {os.path.relpath(p, ROOT) for p in CONFIGS if f'_{collection.lower()}-' in os.path.basename(p)

@@ -4,6 +4,5 @@ _base_ = './cascade-mask-rcnn_mambavision-t_fpn_4conv1fc-giou_ms-crop-3x_coco.py
 
 pretrained = 'checkpoints/mambavision_small_1k.pth.tar'
 
-model = dict(
-    backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+model = dict(backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
+             neck=dict(in_channels=[96, 192, 384, 768]))

@@ -10,22 +10,15 @@ _base_ = 'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_a
 # replaces the base's mmpretrain import (its ConvNeXt backbone is replaced below)
 custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
 
+# Upstream's optimizer in place of the base's layer-wise decay and AMP wrapper.
+optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+                     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+                     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
+
 # ImageNet weights from the upstream release (HF nvidia/MambaVision-T-1K; see configs/README.md).
 pretrained = 'checkpoints/mambavision_tiny_1k.pth.tar'
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='MambaVision',
-        arch='tiny',
-        window_size=(8, 8, 112, 56),
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[80, 160, 320, 640]))
-
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
+model = dict(backbone=dict(_delete_=True, type='MambaVision', arch='tiny', window_size=(8, 8, 112, 56),
+                           drop_path_rate=0.2, out_indices=(0, 1, 2, 3),
+                           init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+             neck=dict(in_channels=[80, 160, 320, 640]))

@@ -4,6 +4,5 @@ _base_ = './mask-rcnn_mambaout-t_fpn_1x_coco.py'
 
 pretrained = 'checkpoints/mambaout_base.pth'
 
-model = dict(
-    backbone=dict(arch='base', drop_path_rate=0.6, init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[128, 256, 512, 768]))
+model = dict(backbone=dict(arch='base', drop_path_rate=0.6, init_cfg=dict(checkpoint=pretrained)),
+             neck=dict(in_channels=[128, 256, 512, 768]))

@@ -7,19 +7,12 @@ _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
 
+optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+                     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
+
 # ImageNet weights from the upstream release (yuweihao/MambaOut GitHub release assets; see configs/README.md).
 pretrained = 'checkpoints/mambaout_tiny.pth'
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='MambaOut',
-        arch='tiny',
-        drop_path_rate=0.3,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 576]))
-
-optim_wrapper = dict(
-    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
+model = dict(backbone=dict(_delete_=True, type='MambaOut', arch='tiny', drop_path_rate=0.3, out_indices=(0, 1, 2, 3),
+                           init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+             neck=dict(in_channels=[96, 192, 384, 576]))

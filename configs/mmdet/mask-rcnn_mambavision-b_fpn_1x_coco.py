@@ -4,6 +4,5 @@ _base_ = './mask-rcnn_mambavision-t_fpn_1x_coco.py'
 
 pretrained = 'checkpoints/mambavision_base_1k.pth.tar'
 
-model = dict(
-    backbone=dict(arch='base', init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[128, 256, 512, 1024]))
+model = dict(backbone=dict(arch='base', init_cfg=dict(checkpoint=pretrained)),
+             neck=dict(in_channels=[128, 256, 512, 1024]))

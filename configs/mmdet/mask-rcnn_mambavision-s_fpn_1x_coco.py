@@ -4,6 +4,5 @@ _base_ = './mask-rcnn_mambavision-t_fpn_1x_coco.py'
 
 pretrained = 'checkpoints/mambavision_small_1k.pth.tar'
 
-model = dict(
-    backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+model = dict(backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
+             neck=dict(in_channels=[96, 192, 384, 768]))

@@ -12,17 +12,10 @@ custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
 # ImageNet weights from the upstream release (HF nvidia/MambaVision-T-1K; see configs/README.md).
 pretrained = 'checkpoints/mambavision_tiny_1k.pth.tar'
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='MambaVision',
-        arch='tiny',
-        window_size=(8, 8, 112, 56),
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[80, 160, 320, 640]))
+model = dict(backbone=dict(_delete_=True, type='MambaVision', arch='tiny', window_size=(8, 8, 112, 56),
+                           drop_path_rate=0.2, out_indices=(0, 1, 2, 3),
+                           init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+             neck=dict(in_channels=[80, 160, 320, 640]))
 
-optim_wrapper = dict(
-    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
+optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+                     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))

@@ -5,7 +5,5 @@ _base_ = './upernet_mambavision-t_8xb2-160k_ade20k-512x512.py'
 
 pretrained = 'checkpoints/mambavision_base_1k.pth.tar'
 
-model = dict(
-    backbone=dict(arch='base', init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(in_channels=[128, 256, 512, 1024]),
-    auxiliary_head=dict(in_channels=512))
+model = dict(backbone=dict(arch='base', init_cfg=dict(checkpoint=pretrained)),
+             decode_head=dict(in_channels=[128, 256, 512, 1024]), auxiliary_head=dict(in_channels=512))

@@ -5,9 +5,7 @@ _base_ = './upernet_mambavision-t_8xb2-160k_ade20k-512x512.py'
 
 pretrained = 'checkpoints/mambavision_small_1k.pth.tar'
 
-model = dict(
-    backbone=dict(arch='small', window_size=(8, 8, 160, 56), init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(in_channels=[96, 192, 384, 768]),
-    auxiliary_head=dict(in_channels=384))
+model = dict(backbone=dict(arch='small', window_size=(8, 8, 160, 56), init_cfg=dict(checkpoint=pretrained)),
+             decode_head=dict(in_channels=[96, 192, 384, 768]), auxiliary_head=dict(in_channels=384))
 
 optim_wrapper = dict(optimizer=dict(lr=6e-5))
