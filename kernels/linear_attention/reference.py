@@ -50,7 +50,15 @@ def linear_attention_reference(qk: torch.Tensor, v: torch.Tensor, hw, *, feature
                                lepe_weight=None, lepe_bias=None, shared_qk: bool = False,
                                qk_order: str = 'qk') -> torch.Tensor:
     """Same signature and result as ``mlla_mm.kernels.linear_attention`` (whose docstring describes the arguments);
-    computes in float32 and returns v's dtype."""
+    computes in float32 and returns v's dtype, under autocast too (whose bmm would otherwise run the einsums in
+    bf16/fp16: the state and the normaliser must stay float32)."""
+    with torch.autocast(v.device.type, enabled=False):
+        return _linear_attention_fp32(qk, v, hw, feature_map, rope, norm, gate, shortcut, lepe_weight, lepe_bias,
+                                      shared_qk, qk_order)
+
+
+def _linear_attention_fp32(qk, v, hw, feature_map, rope, norm, gate, shortcut, lepe_weight, lepe_bias, shared_qk,
+                           qk_order):
     batch, tokens, heads, _ = v.shape
     height, width = hw
     dtype = v.dtype
