@@ -2,7 +2,7 @@
 """Speed of the linear attention, the op alone and MLLA's whole mixer layer, on the Triton and PyTorch backends.
 
 For every shape (batch, heads, height x width, head dim 32 unless --dim), level and backend (triton, torch) it times,
-with triton.testing.do_bench (median; do_bench flushes L2 between runs):
+with mlla_mm.benchmark.time_ms (torch.utils.benchmark; the same timer as tools/benchmark.py):
   - level 'op':    out = linear_attention(qk, v, (height, width)) with MLLA's setting, qk the packed [B, N, 2C]
                    projection output and v a [B, N, H, D] view of a [B, N, C] tensor, as the layer passes them;
                    fwd+bwd takes torch.autograd.grad w.r.t. qk and v (one packed gradient of qk);
@@ -66,8 +66,8 @@ def parse_args(argv=None):
                         help='comma list of op (the linear attention alone), layer (MLLA\'s mixer: qk projection, '
                         'op, LePE) (default: %(default)s)')
     parser.add_argument('--peak-bw', type=float, help='peak HBM bandwidth in bytes/s (default: by GPU name)')
-    parser.add_argument('--warmup', type=int, default=25, help='do_bench warm-up time in ms')
-    parser.add_argument('--rep', type=int, default=100, help='do_bench measuring time in ms')
+    parser.add_argument('--warmup', type=int, default=10, help='untimed calls before timing')
+    parser.add_argument('--iters', type=int, default=100, help='timed calls (the mean is reported)')
     parser.add_argument('--recompile-sizes', type=int, default=16,
                         help='extra random grid sizes run to count Triton compilations (0 skips)')
     parser.add_argument('--out', help='write the results as JSON here')
@@ -167,16 +167,14 @@ def workloads(level, backend, batch, heads, height, width, dim, dtype):
 
 
 def bench(args):
-    import triton.testing
-
-    from mlla_mm.utils.env import environment_report
+    from mlla_mm.benchmark import environment, time_ms
 
     dtype, dim = DTYPES[args.dtype], args.dim
-    header = environment_report('cuda')
+    header = environment(torch.device('cuda'))
     header['peak_bandwidth'] = peak_bandwidth(header['device'], args.peak_bw)
     header['dtype'] = args.dtype
     print(f"# {header['device']} | torch {header['versions']['torch']} | triton {header['versions']['triton']} | "
-          f"mlla_mm {header['versions']['mlla_mm']} | commit {header['commit']}{' (dirty)' if header['dirty'] else ''}"
+          f"mlla_mm {header['versions']['mlla_mm']} | commit {header['commit']}"
           f" | peak {header['peak_bandwidth'] / 1e12:.2f} TB/s | {args.dtype}, d={dim}")
     print(f"{'B':>4} {'heads':>5} {'HxW':>9} {'N':>6} {'level':>5} {'mode':>8} {'backend':>7} {'ms':>8} "
           f"{'launch':>6} {'GB/s':>7} {'eff_min':>7} {'eff_algo':>8} {'speedup':>7}")
@@ -193,7 +191,7 @@ def bench(args):
                 mode_rows = []
                 for backend in args.backends:
                     fn = runs[backend][mode]
-                    ms = triton.testing.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode='median')
+                    ms = time_ms(fn, iters=args.iters, warmup=args.warmup)
                     bytes_algo = bytes_min + extra if bytes_min and backend == 'triton' else None
                     peak = header['peak_bandwidth']
                     mode_rows.append(dict(
