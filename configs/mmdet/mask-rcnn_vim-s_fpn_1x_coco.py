@@ -5,6 +5,4 @@ _base_ = './mask-rcnn_vim-t_fpn_1x_coco.py'
 pretrained = 'checkpoints/vim_s_midclstok_80p5acc.pth'
 embed_dim = 384
 
-model = dict(
-    backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[embed_dim] * 4))
+model = dict(backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)), neck=dict(in_channels=[embed_dim] * 4))

@@ -17,15 +17,9 @@ embed_dim = 192
 depth = 24
 layer_decay_rate = 0.837
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='Vim',
-        arch='tiny',
-        drop_path_rate=0.1,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[embed_dim] * 4))
+model = dict(backbone=dict(_delete_=True, type='Vim', arch='tiny', drop_path_rate=0.1, out_indices=(0, 1, 2, 3),
+                           init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+             neck=dict(in_channels=[embed_dim] * 4))
 
 # mmengine matches custom_keys as substrings, longest first, and applies only the first match: each block gets its
 # lr scale from 'layers.{i}.', and its RMSNorm both the scale and no decay from 'layers.{i}.norm'.

@@ -4,6 +4,5 @@ _base_ = './mask-rcnn_vssd-t_fpn_1x_coco.py'
 
 pretrained = 'checkpoints/vssd_base_best_ema.pth'
 
-model = dict(
-    backbone=dict(arch='base', drop_path_rate=0.6, init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+model = dict(backbone=dict(arch='base', drop_path_rate=0.6, init_cfg=dict(checkpoint=pretrained)),
+             neck=dict(in_channels=[96, 192, 384, 768]))

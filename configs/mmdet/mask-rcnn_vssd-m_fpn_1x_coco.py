@@ -4,6 +4,5 @@ _base_ = './mask-rcnn_vssd-t_fpn_1x_coco.py'
 
 pretrained = 'checkpoints/vssd_micro_best.pth'
 
-model = dict(
-    backbone=dict(arch='micro', drop_path_rate=0.1, init_cfg=dict(checkpoint=pretrained)),
-    neck=dict(in_channels=[48, 96, 192, 384]))
+model = dict(backbone=dict(arch='micro', drop_path_rate=0.1, init_cfg=dict(checkpoint=pretrained)),
+             neck=dict(in_channels=[48, 96, 192, 384]))

@@ -9,12 +9,6 @@ custom_imports = dict(imports=['mlla_mm.mm'], allow_failed_imports=False)
 # ImageNet weights from the upstream VSSD release (HF YuhengSSS/VSSD: vssd_tiny_best_ema.pth; see configs/README.md).
 pretrained = 'checkpoints/vssd_tiny_best_ema.pth'
 
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='VSSD',
-        arch='tiny',
-        drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[64, 128, 256, 512]))
+model = dict(backbone=dict(_delete_=True, type='VSSD', arch='tiny', drop_path_rate=0.2, out_indices=(0, 1, 2, 3),
+                           init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+             neck=dict(in_channels=[64, 128, 256, 512]))

@@ -7,10 +7,9 @@ pretrained = 'checkpoints/vim_s_midclstok_80p5acc.pth'
 embed_dim = 384
 embedding_lr_mult = 0.95 ** 25
 
-model = dict(
-    backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
-    decode_head=dict(in_channels=[embed_dim] * 4, channels=embed_dim),
-    auxiliary_head=dict(in_channels=embed_dim))
+model = dict(backbone=dict(arch='small', init_cfg=dict(checkpoint=pretrained)),
+             decode_head=dict(in_channels=[embed_dim] * 4, channels=embed_dim),
+             auxiliary_head=dict(in_channels=embed_dim))
 
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
     'pos_embed': dict(lr_mult=embedding_lr_mult, decay_mult=0.0),

@@ -17,18 +17,11 @@ pretrained = 'checkpoints/vim_t_midclstok_76p1acc.pth'
 embed_dim = 192
 embedding_lr_mult = 0.92 ** 25
 
-model = dict(
-    pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='Vim',
-        arch='tiny',
-        img_size=512,
-        drop_path_rate=0.1,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    decode_head=dict(in_channels=[embed_dim] * 4, channels=embed_dim),
-    auxiliary_head=dict(in_channels=embed_dim))
+model = dict(pretrained=None,
+             backbone=dict(_delete_=True, type='Vim', arch='tiny', img_size=512, drop_path_rate=0.1,
+                           out_indices=(0, 1, 2, 3), init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+             decode_head=dict(in_channels=[embed_dim] * 4, channels=embed_dim),
+             auxiliary_head=dict(in_channels=embed_dim))
 
 optim_wrapper = dict(
     optimizer=dict(_delete_=True, type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
