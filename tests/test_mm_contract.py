@@ -194,3 +194,24 @@ def test_timm_backbone_gives_nchw_maps_and_loads_a_local_file(tmp_path):
     assert any(torch.equal(loaded.model.state_dict()[key], v) for v in source.state_dict().values())
     with pytest.raises(KeyError, match="unknown timm model 'no_such_net'"):
         TimmBackbone('no_such_net')
+
+
+def test_compile_option_runs_the_backbone_as_one_graph(monkeypatch):
+    monkeypatch.setenv('MLLA_MM_BACKEND', 'torch')
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = _backbone('MLLA', compile=dict(backend=counting_backend)).eval()
+    eager = _backbone('MLLA').eval()
+    # Both sizes keep every conv input above 20480 elements, where PyTorch's conv guards (layout choice) and would
+    # recompile once; detection and segmentation sizes are far above it.
+    with torch.no_grad():
+        for size in ((192, 256), (201, 247)):
+            x = torch.randn(1, 3, *size)
+            for a, b in zip(compiled(x), eager(x)):
+                torch.testing.assert_close(a, b)
+    assert len(graphs) == 1

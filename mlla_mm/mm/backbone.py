@@ -24,6 +24,10 @@ class FamilyBackbone(nn.Module):
             norms), kept frozen through ``train()``.
         norm_eval: keep every BatchNorm in eval mode while training.
         with_cp: gradient checkpointing per block.
+        compile: True runs the backbone through ``torch.compile(fullgraph=True, dynamic=True)`` (one graph for every
+            input size; the kernels are custom ops inside it); a dict gives more torch.compile options (e.g.
+            ``dict(backend='inductor', mode='max-autotune')``). mmengine's ``compile=True`` compiles the whole train
+            step instead.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads an upstream checkpoint (classification
             or detection/segmentation) strictly through the family's filter; a missing, corrupted or ill-fitting
             file raises. ``allow_code_execution=True`` in it unpickles a trusted local file fully (runs its code).
@@ -33,7 +37,7 @@ class FamilyBackbone(nn.Module):
     family = None  # set by backbone_class
 
     def __init__(self, arch='tiny', out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, with_cp=False,
-                 init_cfg=None, **model_kwargs):
+                 compile=False, init_cfg=None, **model_kwargs):
         family = self.family
         kwargs = {**family.mm_defaults, **model_kwargs, 'num_classes': 0}
         if isinstance(arch, dict):
@@ -61,8 +65,13 @@ class FamilyBackbone(nn.Module):
         self.norm_eval = norm_eval
         self.init_cfg = init_cfg
         self._freeze_stages()
+        options = dict(fullgraph=True, dynamic=True, **(compile if isinstance(compile, dict) else {}))
+        self._compiled_maps = torch.compile(self._maps, **options) if compile else None
 
     def forward(self, x: torch.Tensor):
+        return (self._compiled_maps or self._maps)(x)
+
+    def _maps(self, x: torch.Tensor):
         maps = self.forward_intermediates(x, indices=list(self.out_indices), stop_early=True, output_fmt='NHWC',
                                           intermediates_only=True)
         if self.family.out_norm:
