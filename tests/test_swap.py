@@ -166,8 +166,9 @@ def test_recipe_level_the_backbone_lacks():
     cfg.model.backbone.out_indices = (0, 1, 2, 3, 4)
     cfg.model.neck.in_channels = [64, 256, 512, 1024, 2048]
     with pytest.raises(ValueError, match=r'model\.backbone\.out_indices: the recipe\'s backbone \(ResNet\) feeds '
-                                         r'levels \(0, 1, 2, 3, 4\), but mlla_t \(MLLA\) produces levels '
-                                         r'\(0, 1, 2, 3\)'):
+                                         r'levels \(0, 1, 2, 3, 4\) \(strides \[4, 8, 16, 32, 64\]\), but mlla_t '
+                                         r'\(MLLA\) produces strides \[4, 8, 16, 32\] with channels '
+                                         r'\[64, 128, 256, 512\]'):
         swap_backbone(cfg, 'mlla_t')
 
 

@@ -105,6 +105,8 @@ def test_triton_backend_matches_torch_backend():
     # eval(): no stochastic depth, so both models compute the same function (gradients still flow).
     torch_model = create_model('vmamba_test', num_classes=0, backend='torch').eval()
     triton_model = create_model('vmamba_test', num_classes=0, backend='triton').eval()
+    for model in (torch_model, triton_model):  # the classifier norm takes no part in the stage maps
+        model.prune_intermediate_layers(4, prune_norm=True, prune_head=True)
     triton_model.load_state_dict(torch_model.state_dict())
     x = torch.randn(1, 3, 23, 30)
     grads, outputs = [], []
