@@ -38,7 +38,7 @@ from mmengine.hooks import Hook
 
 import mlla_mm
 from mlla_mm.models.mlla_ablation import ABLATION_MODELS, PRESETS, SIZES
-from mlla_mm.utils.env import environment_report
+from mlla_mm.benchmark import environment
 
 DEFAULT_METRICS = {'mmseg': 'mIoU', 'mmdet': 'coco/bbox_mAP'}
 SCHEDULE_KEYS = ('begin', 'end', 'T_max')
@@ -273,13 +273,13 @@ def plot(rows, header, path):
 def main(argv=None):
     args = parse_args(argv)
     import mlla_mm.mm  # noqa: F401  registers the backbones
-    env = environment_report('cuda' if torch.cuda.is_available() else 'cpu')
+    env = environment(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))
     command = ['python', 'tools/ablate.py'] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
     versions = ', '.join(f'{k} {env["versions"][k]}' for k in ('torch', 'mmengine', 'mmdet', 'mmsegmentation'))
     header = dict(command=' '.join(command), recipe=args.recipe,
                   schedule=f'{args.iters} iterations' if args.iters else 'the recipe\'s schedule',
                   size=args.size, device=env['device'], versions=versions,
-                  commit=f'{env.get("commit")}{" (dirty)" if env.get("dirty") else ""}', bench_batch=args.bench_batch)
+                  commit=env['commit'], bench_batch=args.bench_batch)
     rows = []
     for index, preset in enumerate(args.presets, 1):
         rows.append(train_variant(args, preset, index))
