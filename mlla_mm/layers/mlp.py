@@ -34,3 +34,16 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
+
+
+def init_linear_and_layernorm(module: nn.Module):
+    """The Swin-style initialisation MLLA, VMamba and Spatial-Mamba share upstream (``model.apply`` it): Linear
+    trunc_normal(0.02) with zero bias, LayerNorm (1, 0); every other module keeps the initialisation it was built
+    with."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

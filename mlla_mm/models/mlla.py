@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mlla_mm.layers import ConvNormAct, DepthwiseConv2d, DropPath, LinearAttention, Mlp
+from mlla_mm.layers import (ConvNormAct, DepthwiseConv2d, DropPath, LinearAttention, Mlp,
+                            init_linear_and_layernorm)
 from mlla_mm.utils import check_images, log_report, strip_wrapper_prefixes
 
 from .registry import feature_take_indices, pretrained_cfg, register_family, register_model, to_format
@@ -155,17 +156,8 @@ class MLLA(nn.Module):
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.set_grad_checkpointing(with_cp)
-        self.apply(self._init_weights)
+        self.apply(init_linear_and_layernorm)
 
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def set_grad_checkpointing(self, enable: bool = True):
         for stage in self.layers:

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from mlla_mm.kernels import linear_attention
 from mlla_mm.kernels.forget_gate import forget_gate_attention
-from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp
+from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp, init_linear_and_layernorm
 
 from .mlla import MLLA, MLLA_ARCHS, MLLAStage, PatchMerging, Stem, checkpoint_filter_fn
 from .registry import register_family, register_model
@@ -352,7 +352,7 @@ class MLLAAblation(MLLA):
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.set_grad_checkpointing(with_cp)
-        self.apply(self._init_weights)
+        self.apply(init_linear_and_layernorm)
 
     def no_weight_decay(self):
         # Mamba's convention for the SSM's own parameters (D, A_log, the time-step biases) and timm's for tables.

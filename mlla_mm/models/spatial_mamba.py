@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mlla_mm.kernels.selective_scan import selective_scan
 from mlla_mm.kernels.state_fusion import state_fusion
-from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp
+from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp, init_linear_and_layernorm
 from mlla_mm.utils import check_images, log_report, strip_wrapper_prefixes
 
 from . import mlla
@@ -191,19 +191,9 @@ class SpatialMamba(nn.Module):
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.set_grad_checkpointing(with_cp)
-        self.apply(self._init_weights)
+        # As upstream; convs, BN and the SSM's own parameters keep the values they were built with.
+        self.apply(init_linear_and_layernorm)
 
-    @staticmethod
-    def _init_weights(module):
-        # As upstream: nn.Linear trunc_normal(0.02) and zero bias, LayerNorm (1, 0); convs, BN and the SSM's own
-        # parameters keep the initialisation they were built with.
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def set_grad_checkpointing(self, enable: bool = True):
         for stage in self.layers:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from mlla_mm.layers import DropPath
+from mlla_mm.layers import DropPath, init_linear_and_layernorm
 from mlla_mm.layers.ss2d import SS2D, LayerNorm2d, Linear2d, Mlp2d
 from mlla_mm.utils import check_images, log_report, strip_wrapper_prefixes
 
@@ -117,19 +117,9 @@ class VMamba(nn.Module):
             flatten=nn.Flatten(1),
             head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()))
         self.set_grad_checkpointing(with_cp)
-        self.apply(self._init_weights)
+        # As upstream (Linear2d included); SS2D's own parameters keep SS2D.reset_ssm_parameters' values.
+        self.apply(init_linear_and_layernorm)
 
-    @staticmethod
-    def _init_weights(module):
-        # As upstream: Linear (and Linear2d) trunc_normal(0.02), LayerNorm (1, 0); SS2D's own parameters are set
-        # by SS2D.reset_ssm_parameters, convs keep PyTorch's default.
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
     def set_grad_checkpointing(self, enable: bool = True):
         for stage in self.layers:

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mlla_mm.kernels import linear_attention
-from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp
+from mlla_mm.layers import DepthwiseConv2d, DropPath, Mlp, init_linear_and_layernorm
 from mlla_mm.utils import log_report, strip_wrapper_prefixes
 
 from .mlla import MLLA, MLLAStage, PatchMerging, Stem
@@ -183,7 +183,7 @@ class VSSD(MLLA):
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.set_grad_checkpointing(with_cp)
-        self.apply(self._init_weights)
+        self.apply(init_linear_and_layernorm)
 
     def no_weight_decay(self):
         # Upstream marks dt_bias, A_log and D _no_weight_decay.
