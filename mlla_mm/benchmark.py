@@ -1,20 +1,30 @@
-"""What tools/benchmark.py, tools/benchmark_kernels.py, tools/get_flops.py and the tests share: the timer
-(``time_ms``), peak memory, the environment header, the FLOP analyzer, a synthetic mm batch and the benchmark subjects.
-mmdet, mmseg, timm and mmengine are imported only inside the functions that need them."""
+"""Benchmarks of backbones and mm models (tools/benchmark.py is the CLI): subjects, timing, memory and the report.
+tools/benchmark_kernels.py, tools/get_flops.py and tools/ablate.py share its timer, environment header and FLOP
+analyzer. mmdet, mmseg, timm and mmengine are imported only inside the functions that need them."""
+import csv
 import importlib.metadata
 import inspect
+import json
 import os
 import platform
 import threading
-from dataclasses import dataclass
+from collections import namedtuple
 
 import torch
 
 from .models import create_model, get_family, list_families, list_models
+from .utils.demo_data import synthetic_batch
+from .utils.plot import line_plot
 
 REFERENCES = {'swin_t': 'mmdet SwinTransformer, Swin-T', 'convnext_t': 'timm:convnext_tiny',
               'mambaout_t': 'timm:mambaout_tiny'}
 VERSIONS = ('torch', 'triton', 'timm', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'mlla_mm', 'psutil')
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+FIELDS = ('model', 'kind', 'backend', 'size', 'pixels', 'batch', 'dtype', 'mode', 'status', 'ms_per_img',
+          'img_per_s', 'mem_mib', 'mem_warmup_mib', 'params_m', 'gflops', 'error')
+COLUMNS = ('model', 'size', 'batch', 'status', 'ms_per_img', 'img_per_s', 'mem_mib', 'mem_warmup_mib', 'params_m',
+           'gflops')
+PLOTS = {'throughput.png': ('img_per_s', 'images / s'), 'memory.png': ('mem_mib', 'peak memory above start (MiB)')}
 
 
 def time_ms(fn, iters: int = 20, warmup: int = 0) -> float:
@@ -34,24 +44,22 @@ class PeakMemory:
         self.cuda, self.peak, self.base, self.stopped = device.type == 'cuda', 0, 0, threading.Event()
         if not self.cuda:
             import psutil
-            self.rss = psutil.Process().memory_info
+            self.rss = lambda: psutil.Process().memory_info().rss
             threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
         while not self.stopped.wait(0.002):
-            self.peak = max(self.peak, self.rss().rss)
-
-    def _now(self):
-        return torch.cuda.memory_allocated() if self.cuda else self.rss().rss
+            self.peak = max(self.peak, self.rss())
 
     def start(self):
-        self.base = self._now()
+        self.base = torch.cuda.memory_allocated() if self.cuda else self.rss()
         self.reset()
 
     def reset(self):
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        self.peak = self._now()
+        else:
+            self.peak = self.rss()
 
     def peak_mib(self) -> float:
         return round(((torch.cuda.max_memory_allocated() if self.cuda else self.peak) - self.base) / 2 ** 20, 1)
@@ -61,41 +69,15 @@ def environment(device: torch.device) -> dict:
     """mmengine's collect_env, the versions of our stack, the device and the git commit (mmengine's get_git_hash)."""
     from mmengine.utils import get_git_hash
     from mmengine.utils.dl_utils import collect_env
-    versions = {d.metadata['Name'].lower(): d.version for d in importlib.metadata.distributions()}
-    cpu = next((line.split(':')[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
-               platform.machine()) if os.path.isfile('/proc/cpuinfo') else platform.machine()
-    return dict(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu} ({os.cpu_count()} cores)',
-                device_type=device.type, commit=get_git_hash(fallback=None), torch_threads=torch.get_num_threads(),
-                versions={**{n: versions.get(n.replace('_', '-'), versions.get(n)) for n in VERSIONS}, 'torch': torch.__version__},
+    versions = {d.metadata['Name'].lower().replace('-', '_'): d.version for d in importlib.metadata.distributions()}
+    cpu = platform.machine()
+    if os.path.isfile('/proc/cpuinfo'):
+        cpu = next((line.split(':')[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')), cpu)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu} ({os.cpu_count()} cores)'
+    return dict(device=name, device_type=device.type, commit=get_git_hash(fallback=None),
+                torch_threads=torch.get_num_threads(),
+                versions={**{name: versions.get(name) for name in VERSIONS}, 'torch': torch.__version__},
                 env={k: str(v) for k, v in collect_env().items() if k != 'PyTorch compiling details'})
-
-
-def has_kernels(family_name: str) -> bool:
-    """Whether a family's models take a kernel ``backend``."""
-    return 'backend' in inspect.signature(list_families()[family_name].model_cls).parameters
-
-
-def synthetic_batch(library: str, batch: int = 2, size=(64, 64), num_classes: int = 3, with_mask: bool = True,
-                    device='cpu', seed: int = 0) -> dict:
-    """A batch for an mm model's train_step / test_step / data_preprocessor: uint8 images with DetDataSamples
-    (mmdet.testing.demo_mm_inputs: random boxes, labels and masks) or SegDataSamples (random label maps)."""
-    height, width = (size, size) if isinstance(size, int) else size
-    if library == 'mmdet':
-        from mmdet.testing import demo_mm_inputs
-        return demo_mm_inputs(batch, image_shapes=(3, height, width), num_classes=num_classes, with_mask=with_mask,
-                              device=device)
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    generator = torch.Generator().manual_seed(seed)
-    images, samples = [], []
-    for _ in range(batch):
-        images.append(torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).to(device))
-        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
-                                             pad_shape=(height, width)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, height, width),
-                                                         generator=generator).to(device))
-        samples.append(sample)
-    return dict(inputs=images, data_samples=samples)
 
 
 def flop_analyzer(model, shape, library=None):
@@ -110,9 +92,8 @@ def flop_analyzer(model, shape, library=None):
             self.model, self.samples = model, None
             if library == 'mmdet':
                 from mmdet.structures import DetDataSample
-                meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
-                            scale_factor=(1.0, 1.0))
-                self.samples = [DetDataSample(metainfo=meta)]
+                self.samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
+                                                            batch_input_shape=shape, scale_factor=(1.0, 1.0)))]
 
         def forward(self, x):
             return self.model._forward(x, self.samples)
@@ -121,40 +102,31 @@ def flop_analyzer(model, shape, library=None):
     return analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
 
 
-@dataclass
-class Subject:
-    """One line of the results: a registered model, a reference model or an mm config, with its kernel backend."""
-    label: str
-    kind: str  # 'model' | 'reference' | 'config'
-    name: str
-    backend: str = None
+# One line of the results: a registered model, a reference model or an mm config, with its kernel backend or None.
+Subject = namedtuple('Subject', 'label kind name backend')
 
-    def build(self, device, cfg_options=None, backend=None):
-        """(model, library or None, inputs(batch, height, width)) on ``device``; kernels on ``backend``."""
-        backend = {'backend': backend or self.backend} if self.backend else {}
-        if self.kind == 'model':
-            model = create_model(self.name, features_only=True, **backend)
-        elif self.name == 'swin_t':
-            from mmdet.models.backbones import SwinTransformer
-            model = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
-        elif self.kind == 'reference':
-            import timm
-            model = timm.create_model(REFERENCES.get(self.name, self.name)[5:], features_only=True)
-        else:
-            cfg = load_config(self.name, cfg_options)
-            from mmengine.registry import DefaultScope
-            cfg.model.backbone.update(backend)
-            if cfg.default_scope == 'mmseg':  # pad each case to its own size, not to the recipe's crop
-                cfg.model.data_preprocessor.update(size=None, size_divisor=32)
-            with DefaultScope.overwrite_default_scope(cfg.default_scope):
-                from mlla_mm.mm import REGISTERED_IN
-                model = REGISTERED_IN[cfg.default_scope].build(cfg.model).to(device)
-            return model, cfg.default_scope, lambda b, h, w: synthetic_batch(  # labels 0 and 1 fit any model
-                cfg.default_scope, b, (h, w), 2, getattr(model, 'with_mask', False), device)
-        return model.to(device), None, lambda b, h, w: torch.randn(b, 3, h, w, device=device)
+
+def known_subjects() -> str:
+    return (f'registered models: {", ".join(list_models())}; reference models: {", ".join(REFERENCES)}, '
+            'timm:NAME; or an mm config (FILE.py, mmdet::PATH, mmseg::PATH)')
+
+
+def kind_of(name: str) -> str:
+    """'model', 'reference' or 'config'; ValueError naming the known subjects."""
+    if name in list_models():
+        return 'model'
+    if name in REFERENCES or name.startswith('timm:'):
+        timm_name = REFERENCES.get(name, name)[5:]
+        if name != 'swin_t' and not __import__('timm').is_model(timm_name):
+            raise ValueError(f'timm has no model {timm_name!r} (see timm.list_models())')
+        return 'reference'
+    if name.endswith('.py') or '::' in name:
+        return 'config'
+    raise ValueError(f'unknown model {name!r}; known: {known_subjects()}')
 
 
 def load_config(path, cfg_options=None):
+    """An mm config with --cfg-options applied, its library as default_scope and no pretrained backbone."""
     import mlla_mm.mm  # noqa: F401  registers the backbones
     from mmengine.config import Config
     from mlla_mm.mm.runner import detect_library, resolve_config
@@ -165,9 +137,32 @@ def load_config(path, cfg_options=None):
     return cfg
 
 
-def known_subjects() -> str:
-    return (f'registered models: {", ".join(list_models())}; reference models: {", ".join(REFERENCES)}, '
-            'timm:NAME; or an mm config (FILE.py, mmdet::PATH, mmseg::PATH)')
+def build_subject(name, cfg_options=None, backend=None):
+    """(model, library: 'mmdet' / 'mmseg' for a config, None for a backbone), for benchmark.py and get_flops.py.
+    Registered models and references are built ``features_only``; ``backend`` picks the kernels of ours."""
+    kind, backend = kind_of(name), {'backend': backend} if backend else {}
+    if kind == 'config':
+        from mmengine.model import revert_sync_batchnorm
+        from mmengine.registry import DefaultScope
+        from mlla_mm.mm import REGISTERED_IN
+        cfg = load_config(name, cfg_options)
+        cfg.model.backbone.update(backend)
+        if cfg.default_scope == 'mmseg':  # pad each case to its own size, not to the recipe's crop
+            cfg.model.data_preprocessor.update(size=None, size_divisor=32)
+        with DefaultScope.overwrite_default_scope(cfg.default_scope):
+            return revert_sync_batchnorm(REGISTERED_IN[cfg.default_scope].build(cfg.model)), cfg.default_scope
+    if kind == 'model':
+        return create_model(name, features_only=True, **backend), None
+    if name == 'swin_t':
+        from mmdet.models.backbones import SwinTransformer
+        return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7), None
+    return __import__('timm').create_model(REFERENCES.get(name, name)[5:], features_only=True), None
+
+
+def has_kernels(family_name: str) -> bool:
+    """Whether a family's models take a kernel ``backend``."""
+    family = list_families().get(family_name)
+    return family is not None and 'backend' in inspect.signature(family.model_cls).parameters
 
 
 def parse_subjects(items, backends, cfg_options=None) -> list:
@@ -178,21 +173,104 @@ def parse_subjects(items, backends, cfg_options=None) -> list:
         name, _, pinned = item.partition('@')
         if pinned and pinned not in BACKENDS:
             raise ValueError(f'{item!r}: unknown backend {pinned!r}; choose from {", ".join(BACKENDS)}')
-        if name in list_models():
-            kind, kernels, label = 'model', has_kernels(get_family(name).name), name
-        elif name in REFERENCES or name.startswith('timm:'):
-            kind, kernels, label = 'reference', False, name
-            timm_name = REFERENCES.get(name, name)[5:]
-            if name != 'swin_t' and not __import__('timm').is_model(timm_name):
-                raise ValueError(f'{item!r}: timm has no model {timm_name!r} (see timm.list_models())')
-        elif name.endswith('.py'):
-            backbone = load_config(name, cfg_options).model.backbone.type
-            kind, kernels = 'config', backbone in list_families() and has_kernels(backbone)
-            label = name.rsplit('/', 1)[-1][:-3]
+        try:
+            kind, label = kind_of(name), name
+        except ValueError as error:
+            raise ValueError(f'{item!r}: {error}') from None
+        if kind == 'config':
+            kernels, label = has_kernels(load_config(name, cfg_options).model.backbone.type), name[:-3].split('/')[-1]
         else:
-            raise ValueError(f'unknown model {name!r}; known: {known_subjects()}')
+            kernels = kind == 'model' and has_kernels(get_family(name).name)
         if pinned and not kernels:
             raise ValueError(f'{item!r}: {name} has no mlla_mm kernels, so no backend to choose')
         for backend in ([pinned] if pinned else backends) if kernels else [None]:
             subjects.append(Subject(f'{label}@{backend}' if backend else label, kind, name, backend))
     return subjects
+
+
+def make_step(model, library, data, args):
+    """One iteration as a closure: inference, or forward + backward + AdamW step, under autocast."""
+    dtype, train = DTYPES[args.dtype], args.mode == 'train'
+    autocast = torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32)
+    optimizer = torch.optim.AdamW([p for p in model.train(train).parameters() if p.requires_grad], lr=1e-4)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+
+    def step():
+        with torch.set_grad_enabled(train), autocast:
+            if not train:
+                return model.test_step(data) if library else model(data)
+            loss = (model.parse_losses(model(**model.data_preprocessor(data, True), mode='loss'))[0] if library
+                    else sum(out.float().mean() for out in model(data)))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
+    return isinstance(error, MemoryError) or isinstance(error, RuntimeError) and any(
+        text in str(error).lower() for text in ('out of memory', "can't allocate memory"))
+
+
+def run_case(subject, height, width, batch, args, memory):
+    """Time one subject at one size: its row, with status 'ok', 'OOM' or 'error'."""
+    row = dict.fromkeys(FIELDS) | dict(model=subject.label, kind=subject.kind, backend=subject.backend,
+                                       size=f'{height}x{width}', pixels=height * width, batch=batch,
+                                       dtype=args.dtype, mode=args.mode, status='ok')
+    model = None
+    try:
+        memory.start()
+        model, library = build_subject(subject.name, args.cfg_options, subject.backend)
+        model = model.to(args.device)
+        row['params_m'] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+        data = (synthetic_batch(library, batch, (height, width), 2, getattr(model, 'with_mask', False), args.device)
+                if library else torch.randn(batch, 3, height, width, device=args.device))  # labels 0, 1 fit any model
+        if args.channels_last and not library:
+            model, data = model.to(memory_format=torch.channels_last), data.to(memory_format=torch.channels_last)
+        step = make_step(model, library, data, args)
+        for _ in range(args.warmup):
+            step()
+        row['mem_warmup_mib'] = memory.peak_mib() if args.warmup else None
+        memory.reset()
+        ms = time_ms(step, iters=args.iters)
+        row.update(mem_mib=memory.peak_mib(), ms_per_img=round(ms / batch, 3), img_per_s=round(1e3 * batch / ms, 2))
+    except Exception as error:  # noqa: BLE001  (recorded in the row; the run goes on)
+        row.update(status='OOM' if is_out_of_memory(error) else 'error', error=f'{type(error).__name__}: {error}'[:500])
+    del model
+    torch.cuda.empty_cache()
+    return row
+
+
+def save(out, header, rows):
+    """DIR/benchmark.json, and DIR/benchmark.csv with the header as '# key: value' lines."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'benchmark.json'), 'w') as f:
+        json.dump(dict(header=header, results=rows), f, indent=1)
+    with open(os.path.join(out, 'benchmark.csv'), 'w', newline='') as f:
+        f.writelines(f'# {key}: {json.dumps(value)}\n' for key, value in header.items())
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows, header, out):
+    """Write the PNG plots (log-log against pixels, one line per model); returns {file: labels drawn}."""
+    os.makedirs(out, exist_ok=True)
+    title = (f"{header['args']['mode']} {header['args']['dtype']}, {header['device']}, torch "
+             f"{header['versions']['torch']}, commit {str(header['commit'])[:10]}")
+    drawn = {}
+    for name, (key, y_label) in PLOTS.items():
+        series = {label: sorted((r['pixels'], r[key]) for r in rows if r['model'] == label and r.get(key))
+                  for label in dict.fromkeys(row['model'] for row in rows)}
+        drawn[name] = line_plot(os.path.join(out, name), series, 'pixels per image (H x W)', y_label, title, log=True)
+    return drawn
+
+
+def replot(json_path, out=None):
+    """Redraw the plots of a saved benchmark.json (beside it, or into ``out``)."""
+    with open(json_path) as f:
+        saved = json.load(f)
+    return plot(saved['results'], saved['header'], out or os.path.dirname(os.path.abspath(json_path)))
+

@@ -9,20 +9,22 @@ import sys
 import pytest
 import torch
 
+from mlla_mm import benchmark
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(ROOT, 'configs/mmseg/upernet_mlla-t_8xb2-160k_ade20k-512x512.py')
 DET_CONFIG = os.path.join(ROOT, 'configs/mmdet/mask-rcnn_mlla-t_fpn_1x_coco.py')
 FAST = ['--device', 'cpu', '--warmup', '1', '--iters', '1']
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(ROOT, 'tools', 'benchmark.py'))
+def load_cli():
+    spec = importlib.util.spec_from_file_location('benchmark_cli', os.path.join(ROOT, 'tools', 'benchmark.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-benchmark = load_benchmark()
+cli = load_cli()
 
 
 def read_csv(path):
@@ -42,7 +44,7 @@ def assert_png(path):
 @pytest.fixture(scope='module')
 def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('bench')
-    code = benchmark.main(['--models', 'mlla_test,vmamba_test@torch,timm:convnext_atto', '--sizes', '64,128',
+    code = cli.main(['--models', 'mlla_test,vmamba_test@torch,timm:convnext_atto', '--sizes', '64,128',
                            '--out', str(out), *FAST])
     return code, out
 
@@ -86,7 +88,7 @@ def test_plots_draw_one_line_per_model_and_replot_from_json(cpu_run, tmp_path):
     assert drawn == {name: labels for name in ('throughput.png', 'memory.png')}
     for name in drawn:
         assert_png(tmp_path / name)
-    assert benchmark.main(['--replot', str(out / 'benchmark.json'), '--out', str(tmp_path / 'again')]) == 0
+    assert cli.main(['--replot', str(out / 'benchmark.json'), '--out', str(tmp_path / 'again')]) == 0
     assert sorted(os.listdir(tmp_path / 'again')) == ['memory.png', 'throughput.png']
 
 
@@ -95,7 +97,7 @@ def test_config_train_step_and_inference(tmp_path):
     seg_options = ['--cfg-options', 'model.backbone.arch=test', 'model.decode_head.in_channels=[32,64,128,256]',
                    'model.auxiliary_head.in_channels=128']
     # Batch 2: UperNet's pyramid pooling has BatchNorms over 1x1 maps, which cannot train on one image.
-    code = benchmark.main(['--models', f'{SEG_CONFIG}@torch', '--sizes', '64', '--mode', 'train', '--batch', '2',
+    code = cli.main(['--models', f'{SEG_CONFIG}@torch', '--sizes', '64', '--mode', 'train', '--batch', '2',
                            '--out', str(tmp_path / 'seg'), *FAST, *seg_options])
     assert code == 0
     with open(tmp_path / 'seg' / 'benchmark.json') as f:
@@ -104,7 +106,7 @@ def test_config_train_step_and_inference(tmp_path):
     assert row['status'] == 'ok' and row['mode'] == 'train' and row['img_per_s'] > 0 and row['gflops'] > 0
 
     det_options = ['--cfg-options', 'model.backbone.arch=test', 'model.neck.in_channels=[32,64,128,256]']
-    code = benchmark.main(['--models', DET_CONFIG, '--sizes', '64', '--no-flops', '--out', str(tmp_path / 'det'),
+    code = cli.main(['--models', DET_CONFIG, '--sizes', '64', '--no-flops', '--out', str(tmp_path / 'det'),
                            *FAST, *det_options])
     assert code == 0
     with open(tmp_path / 'det' / 'benchmark.json') as f:
@@ -134,7 +136,7 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(monkeypatch, tmp_path):
         return real_make_step(model, library, data, args)
 
     monkeypatch.setattr(benchmark, 'make_step', make_step)
-    code = benchmark.main(['--models', 'mlla_test@torch', '--sizes', '128,64', '--no-flops', '--out', str(tmp_path),
+    code = cli.main(['--models', 'mlla_test@torch', '--sizes', '128,64', '--no-flops', '--out', str(tmp_path),
                            *FAST])
     assert code == 0
     with open(tmp_path / 'benchmark.json') as f:
@@ -154,7 +156,7 @@ def test_other_failures_are_recorded_as_errors_with_exit_status_1(monkeypatch, t
         return step
 
     monkeypatch.setattr(benchmark, 'make_step', make_step)
-    code = benchmark.main(['--models', 'mlla_test@torch', '--sizes', '64', '--no-flops', '--out', str(tmp_path),
+    code = cli.main(['--models', 'mlla_test@torch', '--sizes', '64', '--no-flops', '--out', str(tmp_path),
                            *FAST])
     assert code == 1
     with open(tmp_path / 'benchmark.json') as f:
@@ -164,7 +166,7 @@ def test_other_failures_are_recorded_as_errors_with_exit_status_1(monkeypatch, t
 
 def test_unknown_model_lists_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(['--models', 'mlla_t,no_such_net', '--device', 'cpu'])
+        cli.main(['--models', 'mlla_t,no_such_net', '--device', 'cpu'])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert "unknown model 'no_such_net'" in message
@@ -187,17 +189,17 @@ def test_unknown_model_lists_the_known_ones(capsys):
 ])
 def test_bad_arguments_give_clear_errors(capsys, argv, expected):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(['--device', 'cpu', *argv])
+        cli.main(['--device', 'cpu', *argv])
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
 
 
 def test_parse_size():
-    assert [benchmark.parse_size(s) for s in ('224', '800x1333', '1024X512')] == [(224, 224), (800, 1333), (1024, 512)]
+    assert [cli.parse_size(s) for s in ('224', '800x1333', '1024X512')] == [(224, 224), (800, 1333), (1024, 512)]
 
 
 def test_pixels_per_batch_sets_the_batch_per_size(tmp_path):
-    assert benchmark.main(['--models', 'mlla_test@torch', '--sizes', '8,16,64', '--pixels-per-batch', str(16 * 16 * 4),
+    assert cli.main(['--models', 'mlla_test@torch', '--sizes', '8,16,64', '--pixels-per-batch', str(16 * 16 * 4),
                            '--no-flops', '--out', str(tmp_path), '--device', 'cpu', '--warmup', '0',
                            '--iters', '1']) == 0
     with open(tmp_path / 'benchmark.json') as f:
@@ -217,8 +219,7 @@ def test_help_documents_the_options():
 
 
 def test_environment_header_names_device_versions_and_commit():
-    from mlla_mm.benchmark import environment
-    report = environment(torch.device('cpu'))
+    report = benchmark.environment(torch.device('cpu'))
     assert report['device_type'] == 'cpu' and 'cores' in report['device']
     assert report['versions']['torch'] == torch.__version__ and report['versions']['mmdet'] is not None
     assert report['versions']['mlla_mm'] is not None and report['env']['MMEngine']
@@ -228,16 +229,14 @@ def test_environment_header_names_device_versions_and_commit():
 def test_timer_measures_a_known_sleep():
     """The one timer (also tools/benchmark_kernels.py's): mean milliseconds per call."""
     import time
-    from mlla_mm.benchmark import time_ms
     calls = []
-    ms = time_ms(lambda: (calls.append(1), time.sleep(0.01)), iters=4, warmup=2)
+    ms = benchmark.time_ms(lambda: (calls.append(1), time.sleep(0.01)), iters=4, warmup=2)
     assert len(calls) >= 2 + 4 and 9.5 < ms < 200, (len(calls), ms)
 
 
 def test_flop_analyzer_counts_a_conv_exactly():
-    from mlla_mm.benchmark import flop_analyzer
     conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
-    assert flop_analyzer(conv, (10, 12)).total() == 3 * 8 * 9 * 10 * 12  # multiply-adds
+    assert benchmark.flop_analyzer(conv, (10, 12)).total() == 3 * 8 * 9 * 10 * 12  # multiply-adds
 
 
 def test_synthetic_batch_fixture(mm_batch):

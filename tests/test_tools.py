@@ -162,6 +162,19 @@ def test_get_flops_config(capsys):
     assert result['flops'] > result['linear_attention'] > 0
 
 
+def test_get_flops_takes_the_benchmark_names():
+    """get_flops builds through mlla_mm.benchmark.build_subject: timm and reference names, and the known ones listed."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    from get_flops import main
+    import timm
+    result = main(['timm:convnext_atto', '--shape', '64'])
+    trunk = timm.create_model('convnext_atto', features_only=True)
+    assert result['params'] == sum(p.numel() for p in trunk.parameters())
+    assert result['flops'] > 0 and result['linear_attention'] == 0
+    with pytest.raises(ValueError, match="unknown model 'no_such_net'.*mlla_t.*swin_t.*timm:NAME"):
+        main(['no_such_net'])
+
+
 def test_convert_checkpoint(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     from convert_checkpoint import main

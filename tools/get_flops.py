@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from mmengine.analysis import parameter_count  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
-from mlla_mm.benchmark import flop_analyzer  # noqa: E402
+from mlla_mm.benchmark import build_subject, flop_analyzer  # noqa: E402
 from mlla_mm.layers import LinearAttention  # noqa: E402
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048), 'backbone': (224, 224)}
@@ -33,7 +33,8 @@ DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048), 'backbone': (224, 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Count parameters and FLOPs (MACs) of a config or a backbone')
     parser.add_argument('target', help='config path, mmdet::NAME / mmseg::NAME, a registered model name '
-                        '(e.g. mlla_t, vmamba_t; see mlla_mm.list_models()) or timm:NAME')
+                        '(e.g. mlla_t, vmamba_t; see mlla_mm.list_models()), a reference of tools/benchmark.py '
+                        '(swin_t, convnext_t, mambaout_t) or timm:NAME')
     parser.add_argument('--shape', type=int, nargs='+', metavar='SIZE',
                         help='input H W (or one value for H = W); default 800 1280 for mmdet, 512 2048 for mmseg, '
                         '224 224 for a backbone')
@@ -59,36 +60,10 @@ class LinearAttentionCounter:
             handle.remove()
 
 
-def build_target(args):
-    """(model, library name: 'mmdet', 'mmseg' or 'backbone') for a config or a registered model name."""
-    from mlla_mm.models import create_model, list_models
-    if args.target in list_models():  # the multi-scale trunk a detector or segmentor uses
-        return create_model(args.target, features_only=True), 'backbone'
-    if args.target.startswith('timm:'):
-        import timm
-        return timm.create_model(args.target[len('timm:'):], features_only=True), 'backbone'
-    if not (args.target.endswith('.py') or '::' in args.target):
-        raise ValueError(f'{args.target!r} is neither a config file, a registered model nor timm:NAME; known '
-                         f'models: {", ".join(list_models())}')
-    import mlla_mm.mm  # noqa: F401  registers the backbones
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, init_default_scope
-    from mlla_mm.mm.runner import detect_library, resolve_config
-    cfg = Config.fromfile(resolve_config(args.target))
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    library = detect_library(cfg)
-    init_default_scope(library)
-    # FLOPs do not depend on the weights: skip loading the pretrained backbone.
-    cfg.model.backbone.init_cfg = None
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    return model, library
-
-
 def main(argv=None):
     args = parse_args(argv)
-    model, library = build_target(args)
+    model, library = build_subject(args.target, args.cfg_options)
+    library = library or 'backbone'
     model.eval()
     shape = args.shape or DEFAULT_SHAPES[library]
     if len(shape) == 1:

@@ -364,10 +364,7 @@ class CurvePlotHook(Hook):
 def plot_curves(scalars_json: str, out_dir: str, val_unit: str = 'iteration') -> list:
     """Plot the training losses against the iteration and the validation metrics against ``val_unit`` from an
     mmengine scalars.json; returns the PNG paths written."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    from mlla_mm.utils.plot import line_plot
     with open(scalars_json) as f:
         records = [json.loads(line) for line in f if line.strip()]
     train = [r for r in records if 'loss' in r]
@@ -378,18 +375,8 @@ def plot_curves(scalars_json: str, out_dir: str, val_unit: str = 'iteration') ->
     written = []
     for name, rows, wanted, x_label, y_label in curves:
         keys = sorted({k for r in rows for k, v in r.items() if wanted(k) and isinstance(v, (int, float))})
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for key in keys:
-            points = [(r['step'], r[key]) for r in rows if key in r]
-            ax.plot(*zip(*points), marker='o' if len(points) < 30 else None, label=key,
-                    linewidth=2.5 if key == 'loss' else 1)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(y_label)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        written.append(osp.join(out_dir, name))
-        fig.savefig(written[-1], dpi=100, bbox_inches='tight')
-        plt.close(fig)
+        if keys:
+            written.append(osp.join(out_dir, name))
+            line_plot(written[-1], {key: [(r['step'], r[key]) for r in rows if key in r] for key in keys},
+                      x_label, y_label)
     return written

@@ -131,3 +131,26 @@ def make_demo_data(root='data/demo', train=300, val=50, size=128, seed=0, min_ra
         log(f'  ade/{split}: {count} images and label maps')
     with open(os.path.join(root, DONE_MARKER), 'w') as f:
         json.dump(dict(train=train, val=val, size=size, seed=seed), f)
+
+
+def synthetic_batch(library: str, batch: int = 2, size=(64, 64), num_classes: int = 3, with_mask: bool = True,
+                    device='cpu', seed: int = 0) -> dict:
+    """An in-memory batch for an mm model's train_step / test_step / data_preprocessor (the tests' ``mm_batch``
+    fixture, the benchmark's config subjects): uint8 images with DetDataSamples (mmdet.testing.demo_mm_inputs: random
+    boxes, labels and masks) or SegDataSamples (random label maps)."""
+    import torch
+    height, width = (size, size) if isinstance(size, int) else size
+    if library == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        return demo_mm_inputs(batch, image_shapes=(3, height, width), num_classes=num_classes, with_mask=with_mask,
+                              device=device)
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    generator, images, samples = torch.Generator().manual_seed(seed), [], []
+    for _ in range(batch):
+        images.append(torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).to(device))
+        samples.append(SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                                   pad_shape=(height, width))))
+        labels = torch.randint(0, num_classes, (1, height, width), generator=generator)
+        samples[-1].gt_sem_seg = PixelData(data=labels.to(device))
+    return dict(inputs=images, data_samples=samples)
