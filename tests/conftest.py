@@ -9,8 +9,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def mm_batch():
-    """The synthetic mm batch builder (mlla_mm.utils.demo_data.synthetic_batch): ``mm_batch(library, batch=2, size=(64, 64),
-    num_classes=3, with_mask=True)`` gives uint8 images with DetDataSamples (boxes, labels, masks) or SegDataSamples
+    """The synthetic mm batch builder (mlla_mm.utils.demo_data.synthetic_batch): ``mm_batch(library, batch=2,
+    size=(64, 64), num_classes=3, with_mask=True)`` gives uint8 images with DetDataSamples (boxes, labels, masks) or SegDataSamples
     (label maps), ready for a model's data_preprocessor / train_step / test_step."""
     import numpy as np
 
