@@ -100,6 +100,22 @@ def test_kernel_matches_reference_fp32(case):
         assert_close(got, want, torch.float32, f'd{name}')
 
 
+def test_kernel_key_and_value_tiles_match_reference(monkeypatch):
+    """The backward's dk and dv kernels tile Dk and Dv over a grid axis; smaller tile budgets than the defaults give
+    several tiles per head here (dk: 16 + 8 key channels of Dk = 24; dv: 16 + 16 + 8 value channels of Dv = 40), so
+    the tile offsets and the ragged last tile are exercised at test sizes."""
+    from mlla_mm.kernels.forget_gate import triton as forget_gate_triton_module
+    monkeypatch.setattr(forget_gate_triton_module, 'DK_TILE_ELEMENTS', 16 * 64)  # BV = 64: 16 key channels
+    monkeypatch.setattr(forget_gate_triton_module, 'DV_TILE_ELEMENTS', 16 * 32)  # BK = 32: 16 value channels
+    inputs = make_inputs(1, 37, 2, 24, 40, 'paper', seed=4)
+    grad_out = torch.randn(*inputs[2].shape, generator=torch.Generator().manual_seed(1))
+    expected, expected_grads = run_and_grad(lambda *t: forget_gate_reference(*t, 0.5), inputs, grad_out)
+    actual, actual_grads = run_and_grad(lambda *t: forget_gate_triton(*t, 0.5, segment_len=16), inputs, grad_out)
+    assert_close(actual, expected, torch.float32, 'o')
+    for name, got, want in zip(NAMES, actual_grads, expected_grads):
+        assert_close(got, want, torch.float32, f'd{name}')
+
+
 @pytest.mark.parametrize('direction,hw,tokens', [('bidirectional', None, 23), ('4-direction', (3, 5), 15)])
 def test_kernel_directions_match_reference(direction, hw, tokens):
     inputs = make_inputs(1, tokens, 3, 16, 16, 'paper', seed=2)
@@ -217,7 +233,8 @@ def build(kernel, dtype, constexprs, num_warps):
 for dtype, precision in (('fp32', 'tf32x3'), ('bf16', 'tf32')):
     meta = dict(DK=32, DV=32, BK=32, BV=32, BT=16, PRECISION=precision)
     build(forget_gate_triton._segment_state_kernel, dtype, meta, 4)
-    for kernel in (forget_gate_triton._output_kernel, forget_gate_triton._dq_kernel, forget_gate_triton._dkv_kernel):
+    for kernel in (forget_gate_triton._output_kernel, forget_gate_triton._dq_kernel, forget_gate_triton._dk_kernel,
+                   forget_gate_triton._dv_kernel):
         build(kernel, dtype, meta, forget_gate_triton.TILE_WARPS)
 for reverse in (False, True):
     build(forget_gate_triton._pass_states_kernel, 'fp32', dict(DK=32, DV=32, BLOCK=1024, REVERSE=reverse), 4)

@@ -21,7 +21,8 @@ about PROGRAMS_PER_SM programs run per SM); one program walks the blocks of one 
               _output_kernel         grid (segments, B*H): o
     backward  _dq_kernel             grid (segments, B*H): dq, q*dq (fp32) and each segment's local dS
               _pass_states_kernel    (reversed): dS leaving each segment
-              _dkv_kernel            grid (segments, B*H): dk, dv, dg (walking the segment backwards)
+              _dk_kernel             grid (segments, B*H, Dk tiles): dk, dg  } walking the segment backwards,
+              _dv_kernel             grid (segments, B*H, Dv tiles): dv      } each with its tile of dS
 Only q, k, v, g are saved for backward, which recomputes the segment-boundary states ([B*H, segments + 1, Dk, Dv],
 float32) with the first two forward kernels.
 Sizes (N, heads, segment length, segment count) are runtime arguments excluded from specialization; the constexprs
@@ -37,33 +38,39 @@ BLOCK_T = 16  # tokens per block: tl.dot needs >= 16, and the [BT, BT, Dk] decay
 MAX_HEAD_DIM = 128
 MIN_SEGMENT = 256  # tokens; a segment state (Dk*Dv*4 bytes) is amortised over at least this many tokens
 PROGRAMS_PER_SM = 4
-# Warps of the kernels that hold [BT, BT, Dk] decay tiles (output, dq, dkv). ptxas -v for sm_90 at Dk = Dv, 8 warps:
-# bf16 spills nothing at 32, only _dkv_kernel at 64 (176 B) and all three at 128 (0.2-1.6 KB); fp32 (tf32x3) spills
-# in _dkv_kernel only (256 B at 32, 856 B at 64). 4 warps spill more (bf16 at 64: 12 B, 0.3 KB and 1.1 KB).
+# Warps of the kernels that hold [BT, BT, Dk] decay tiles (output, dq, dk, dv). 4 warps spill more than 8.
 TILE_WARPS = 8
+# Register budget of the backward's key / value tiles (float32 elements of the dS tile a _dk_kernel / _dv_kernel
+# program holds; its [BT, BT, tile] decay product scales alike). ptxas -v for sm_90, 8 warps, fp32 / fp16 / bf16:
+# no spills at Dk = 32, Dv = 33 (MLLA's head with the normaliser column), Dk = Dv = 32 and Dk = Dv = 64, where the
+# one dk+dv kernel these two replace stored up to 600 B of spills; at Dk = Dv = 128 the dk kernel spills 36-144 B
+# (fp16, fp32), the one kernel 1.7-3.3 KB.
+DK_TILE_ELEMENTS = 2048  # key channels per _dk_kernel program: 2048 // BV (32 up to Dv = 64)
+DV_TILE_ELEMENTS = 4096  # value channels per _dv_kernel program: 4096 // BK (64 up to Dk = 64)
 
 _SIZES = ['n_tokens', 'n_heads', 'segment_len', 'n_segments']
 
 
 @triton.jit
-def _load_block(ptr, t, t_mask, row_stride, D: tl.constexpr, BD: tl.constexpr):
-    """A [BT, BD] float32 tile of tokens t (0 outside the tensor)."""
+def _load_block(ptr, t, t_mask, row_stride, D, BD: tl.constexpr):
+    """A [BT, BD] float32 tile of tokens t, columns 0..D-1 of ptr (0 outside the tensor)."""
     d = tl.arange(0, BD)
     mask = t_mask[:, None] & (d[None, :] < D)
     return tl.load(ptr + t[:, None].to(tl.int64) * row_stride + d[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _store_block(ptr, x, t, t_mask, row_stride, D: tl.constexpr, BD: tl.constexpr):
+def _store_block(ptr, x, t, t_mask, row_stride, D, BD: tl.constexpr):
     d = tl.arange(0, BD)
     mask = t_mask[:, None] & (d[None, :] < D)
     tl.store(ptr + t[:, None].to(tl.int64) * row_stride + d[None, :], x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _state_offsets(DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    rows = tl.arange(0, BK)
-    cols = tl.arange(0, BV)
+def _state_offsets(row_start, col_start, DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Offsets and mask of the [BK, BV] tile of a [DK, DV] state from (row_start, col_start)."""
+    rows = row_start + tl.arange(0, BK)
+    cols = col_start + tl.arange(0, BV)
     return rows[:, None] * DV + cols[None, :], (rows[:, None] < DK) & (cols[None, :] < DV)
 
 
@@ -113,7 +120,7 @@ def _segment_state_kernel(k_ptr, v_ptr, g_ptr, local_ptr, log_decay_ptr, n_token
                                                          input_precision=PRECISION)
         total += b_last
     record = bh * n_segments + segment
-    offsets, mask = _state_offsets(DK, DV, BK, BV)
+    offsets, mask = _state_offsets(0, 0, DK, DV, BK, BV)
     tl.store(local_ptr + record * DK * DV + offsets, state, mask=mask)
     keys = tl.arange(0, BK)
     tl.store(log_decay_ptr + record * DK + keys, total, mask=keys < DK)
@@ -154,7 +161,7 @@ def _output_kernel(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, o_ptr, scale, n_token
     g_ptr += base_k
     v_ptr += base_v
     o_ptr += base_v
-    offsets, mask = _state_offsets(DK, DV, BK, BV)
+    offsets, mask = _state_offsets(0, 0, DK, DV, BK, BV)
     state = tl.load(states_ptr + (bh * (n_segments + 1) + segment) * DK * DV + offsets, mask=mask, other=0.0)
     for start in range(0, segment_len, BT):
         t = segment * segment_len + start + tl.arange(0, BT)
@@ -188,7 +195,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, do_ptr, dq_ptr, q_dq_ptr,
     q_dq_ptr += base_k
     v_ptr += base_v
     do_ptr += base_v
-    offsets, mask = _state_offsets(DK, DV, BK, BV)
+    offsets, mask = _state_offsets(0, 0, DK, DV, BK, BV)
     state = tl.load(states_ptr + (bh * (n_segments + 1) + segment) * DK * DV + offsets, mask=mask, other=0.0)
     dlocal = tl.zeros([BK, BV], dtype=tl.float32)
     decay_before = tl.zeros([BK], dtype=tl.float32)  # log decay from the segment start to this block
@@ -215,23 +222,26 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, do_ptr, dq_ptr, q_dq_ptr,
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def _dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, do_ptr, q_dq_ptr, dk_ptr, dv_ptr, dg_ptr, scale,
-                n_tokens, n_heads, segment_len, n_segments,
-                DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                BT: tl.constexpr, PRECISION: tl.constexpr):
-    """Walks the segment backwards from dS = dL/d(state leaving it): dk, dv and dg."""
+def _dk_kernel(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, do_ptr, q_dq_ptr, dk_ptr, dg_ptr, scale,
+               n_tokens, n_heads, segment_len, n_segments,
+               DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               BT: tl.constexpr, PRECISION: tl.constexpr):
+    """Walks the segment backwards from dS = dL/d(state leaving it): dk and dg of the BK key channels of program
+    axis 2 (every term of both is per key channel once P = do v^T, over all of Dv, is formed), with the BK rows of dS
+    they need."""
     segment = tl.program_id(0)
     bh, base_k, base_v = _bases(n_tokens, n_heads, DK, DV)
-    q_ptr += base_k
-    k_ptr += base_k
-    g_ptr += base_k
-    q_dq_ptr += base_k
-    dk_ptr += base_k
-    dg_ptr += base_k
+    key_start = tl.program_id(2) * BK
+    q_ptr += base_k + key_start
+    k_ptr += base_k + key_start
+    g_ptr += base_k + key_start
+    q_dq_ptr += base_k + key_start
+    dk_ptr += base_k + key_start
+    dg_ptr += base_k + key_start
     v_ptr += base_v
     do_ptr += base_v
-    dv_ptr += base_v
-    offsets, mask = _state_offsets(DK, DV, BK, BV)
+    keys = DK - key_start  # key channels left from key_start
+    offsets, mask = _state_offsets(key_start, 0, DK, DV, BK, BV)
     boundary = (bh * (n_segments + 1) + segment) * DK * DV + offsets
     dstate = tl.load(dstates_ptr + boundary, mask=mask, other=0.0)
     # dg past the segment's end: the (query after, key before) pairs that straddle it, i.e. sum_v S * dS there.
@@ -240,26 +250,54 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, g_ptr, states_ptr, dstates_ptr, do_ptr, q_d
     for step in range(0, n_blocks):
         t = segment * segment_len + (n_blocks - 1 - step) * BT + tl.arange(0, BT)
         t_mask = t < n_tokens
-        q = _load_block(q_ptr, t, t_mask, n_heads * DK, DK, BK)
-        k = _load_block(k_ptr, t, t_mask, n_heads * DK, DK, BK)
+        q = _load_block(q_ptr, t, t_mask, n_heads * DK, keys, BK)
+        k = _load_block(k_ptr, t, t_mask, n_heads * DK, keys, BK)
         v = _load_block(v_ptr, t, t_mask, n_heads * DV, DV, BV)
         do = _load_block(do_ptr, t, t_mask, n_heads * DV, DV, BV)
+        b = tl.cumsum(_load_block(g_ptr, t, t_mask, n_heads * DK, keys, BK), axis=0)
+        b_last = _last_row(b, BT)
+        p = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        dk = tl.sum(p[:, :, None] * q[:, None, :] * _intra_decay(b, BT), axis=0) * scale
+        dk += tl.dot(v, tl.trans(dstate), input_precision=PRECISION) * tl.exp(b_last[None, :] - b)
+        _store_block(dk_ptr, dk, t, t_mask, n_heads * DK, keys, BK)
+        d_b = _load_block(q_dq_ptr, t, t_mask, n_heads * DK, keys, BK) - k * dk  # dL/db_t
+        _store_block(dg_ptr, tl.cumsum(d_b, axis=0, reverse=True) + dg_after[None, :], t, t_mask,
+                     n_heads * DK, keys, BK)
+        dg_after += tl.sum(d_b, axis=0)
+        dstate = dstate * tl.exp(b_last)[:, None] + tl.dot(tl.trans(q * tl.exp(b)), do,
+                                                           input_precision=PRECISION) * scale
+
+
+@triton.jit(do_not_specialize=_SIZES)
+def _dv_kernel(q_ptr, k_ptr, g_ptr, dstates_ptr, do_ptr, dv_ptr, scale, n_tokens, n_heads, segment_len, n_segments,
+               DK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               BT: tl.constexpr, PRECISION: tl.constexpr):
+    """Walks the segment backwards from dS: dv of the BV value channels of program axis 2, with the BV columns of dS
+    they need (the scores A sum over all of Dk)."""
+    segment = tl.program_id(0)
+    bh, base_k, base_v = _bases(n_tokens, n_heads, DK, DV)
+    value_start = tl.program_id(2) * BV
+    q_ptr += base_k
+    k_ptr += base_k
+    g_ptr += base_k
+    do_ptr += base_v + value_start
+    dv_ptr += base_v + value_start
+    values = DV - value_start  # value channels left from value_start
+    offsets, mask = _state_offsets(0, value_start, DK, DV, BK, BV)
+    dstate = tl.load(dstates_ptr + (bh * (n_segments + 1) + segment) * DK * DV + offsets, mask=mask, other=0.0)
+    n_blocks = tl.cdiv(segment_len, BT)
+    for step in range(0, n_blocks):
+        t = segment * segment_len + (n_blocks - 1 - step) * BT + tl.arange(0, BT)
+        t_mask = t < n_tokens
+        q = _load_block(q_ptr, t, t_mask, n_heads * DK, DK, BK)
+        k = _load_block(k_ptr, t, t_mask, n_heads * DK, DK, BK)
+        do = _load_block(do_ptr, t, t_mask, n_heads * DV, values, BV)
         b = tl.cumsum(_load_block(g_ptr, t, t_mask, n_heads * DK, DK, BK), axis=0)
         b_last = _last_row(b, BT)
-        decay = _intra_decay(b, BT)
-        to_end = tl.exp(b_last[None, :] - b)
-        scores = tl.sum(q[:, None, :] * k[None, :, :] * decay, axis=2) * scale
+        scores = tl.sum(q[:, None, :] * k[None, :, :] * _intra_decay(b, BT), axis=2) * scale
         dv = tl.dot(tl.trans(scores), do, input_precision=PRECISION)
-        dv = tl.dot(k * to_end, dstate, dv, input_precision=PRECISION)
-        p = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        dk = tl.sum(p[:, :, None] * q[:, None, :] * decay, axis=0) * scale
-        dk += tl.dot(v, tl.trans(dstate), input_precision=PRECISION) * to_end
-        _store_block(dv_ptr, dv, t, t_mask, n_heads * DV, DV, BV)
-        _store_block(dk_ptr, dk, t, t_mask, n_heads * DK, DK, BK)
-        d_b = _load_block(q_dq_ptr, t, t_mask, n_heads * DK, DK, BK) - k * dk  # dL/db_t
-        _store_block(dg_ptr, tl.cumsum(d_b, axis=0, reverse=True) + dg_after[None, :], t, t_mask,
-                     n_heads * DK, DK, BK)
-        dg_after += tl.sum(d_b, axis=0)
+        dv = tl.dot(k * tl.exp(b_last[None, :] - b), dstate, dv, input_precision=PRECISION)
+        _store_block(dv_ptr, dv, t, t_mask, n_heads * DV, values, BV)
         dstate = dstate * tl.exp(b_last)[:, None] + tl.dot(tl.trans(q * tl.exp(b)), do,
                                                            input_precision=PRECISION) * scale
 
@@ -337,8 +375,15 @@ def _causal_backward(q, k, v, g, grad_out, scale, segment_len, grad_dtype=None):
                          dtype=torch.float32)
     _dq_kernel[grid](q, k, v, g, states, grad_out, dq, q_dq, dlocal, scale, *sizes, num_warps=TILE_WARPS, **meta)
     dstates = _pass(dlocal, log_decay, reverse=True)
-    _dkv_kernel[grid](q, k, v, g, states, dstates, grad_out, q_dq, dk, dv, dg, scale, *sizes, num_warps=TILE_WARPS,
-                      **meta)
+    # dk (and dg) and dv in two kernels, each tiled over its own head dim on grid axis 2: a single kernel holding
+    # both [BT, BT, Dk] products and the whole dS spilled (see DK_TILE_ELEMENTS). Both recompute the dS walk.
+    key_block = min(meta['BK'], DK_TILE_ELEMENTS // meta['BV'])
+    _dk_kernel[(*grid, triton.cdiv(meta['DK'], key_block))](
+        q, k, v, g, states, dstates, grad_out, q_dq, dk, dg, scale, *sizes, num_warps=TILE_WARPS,
+        **dict(meta, BK=key_block))
+    value_block = min(meta['BV'], DV_TILE_ELEMENTS // meta['BK'])
+    _dv_kernel[(*grid, triton.cdiv(meta['DV'], value_block))](
+        q, k, g, dstates, grad_out, dv, scale, *sizes, num_warps=TILE_WARPS, **dict(meta, BV=value_block))
     return dq, dk, dv, dg
 
 
