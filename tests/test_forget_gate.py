@@ -254,6 +254,30 @@ def test_kernels_compile_for_a_gpu():
 
 
 @pytest.mark.slow
+def test_no_register_spills_at_mlla_t_shapes(tmp_path):
+    """tools/kernel_report.py on MLLA-T's stages (head dim 32, Dv = 33 with the normaliser column), every direction,
+    fp32 / bf16 / fp16: ptxas for sm_90 reports no spills in any forget-gate kernel variant."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / 'report.json'
+    result = subprocess.run([sys.executable, os.path.join(root, 'tools', 'kernel_report.py'), '--ops', 'forget_gate',
+                             '--models', 'mlla_t', '--sizes', '224', '--batches', '1', '--dtypes', 'fp32,bf16,fp16',
+                             '--json', str(out)], env={**os.environ, 'TRITON_INTERPRET': '0'}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert not report['skipped'], report['skipped']
+    kernels = {record['kernel'] for record in report['variants']}
+    assert {'_output_kernel', '_dq_kernel', '_dk_kernel', '_dv_kernel'} <= kernels, kernels
+    spilling = [(r['kernel'], r['pointer_dtypes'], r['spill_stores'], r['spill_loads']) for r in report['variants']
+                if r['spill_stores'] or r['spill_loads']]
+    assert not spilling, spilling
+
+
+@pytest.mark.slow
 def test_compiles_without_graph_breaks_or_recompiles():
     """fullgraph=True, dynamic=True over two grid sizes: one graph (the Triton path is one custom-op node per launch
     group, and the routes are traced), matching the reference. Slow on a CPU: aot_eager plus the interpreter."""
