@@ -173,10 +173,7 @@ def parse_subjects(items, backends, cfg_options=None) -> list:
         name, _, pinned = item.partition('@')
         if pinned and pinned not in BACKENDS:
             raise ValueError(f'{item!r}: unknown backend {pinned!r}; choose from {", ".join(BACKENDS)}')
-        try:
-            kind, label = kind_of(name), name
-        except ValueError as error:
-            raise ValueError(f'{item!r}: {error}') from None
+        kind, label = kind_of(name), name
         if kind == 'config':
             kernels, label = has_kernels(load_config(name, cfg_options).model.backbone.type), name[:-3].split('/')[-1]
         else:
