@@ -8,6 +8,10 @@ a [Di, 3, 9] table (alpha_k * K_k, the three centres summed into the first), a f
 Forward: one program per (token block, batch x channel block) computes y = (sum_t w_t h[clamp(p + o_t)]) * C + D * u
 on a [BLOCK_D, BLOCK_L] tile of raster-order tokens.
 
+Both stencil kernels loop over the 25 taps at run time, one tap's gathers live at a time, and convert 16-bit loads to
+float32 where they are used: with the taps unrolled, the compiler hoisted all 25 gathers and spilled (ptxas for sm_90:
+72 B in the 16-bit forward, over 9 KB in the float32 / float16 backward).
+
 Backward, with g = dy * C:
 - ``_state_fusion_bwd_kernel`` (one program per (split, batch x channel block), walking the token blocks
   split, split + n_splits, ...): du = D * dy; per-channel partial sums of dD = sum dy * u and of the tap gradients
@@ -29,17 +33,21 @@ import torch
 import triton
 import triton.language as tl
 
-TAPS = 27  # 3 kernels x 9 taps; the centres of kernels 1 and 2 are folded into kernel 0's and skipped
+TAPS = 27  # 3 kernels x 9 taps; the centres of kernels 1 and 2 are folded into kernel 0's and skipped (25 used)
 MAX_SPLITS = 16
 SIZES = ('channels', 'height', 'width', 'length')
 
 
 @triton.jit
-def _tap_source(row, col, height, width, K: tl.constexpr, I: tl.constexpr, J: tl.constexpr):
-    # Offset (I - 1, J - 1) * dilation with dilation 2K + 1, clamped into the map (replicate padding).
-    src_row = tl.minimum(tl.maximum(row + (I - 1) * (2 * K + 1), 0), height - 1)
-    src_col = tl.minimum(tl.maximum(col + (J - 1) * (2 * K + 1), 0), width - 1)
-    return src_row * width + src_col
+def _tap(tap):
+    # Tap ``tap`` of the 25 (kernel 0's nine, then the eight off-centre taps of kernels 1 and 2, each in raster
+    # order, as the unfused sum): its column k * 9 + i * 3 + j in the weight table and its offset
+    # (i - 1, j - 1) * (2k + 1).
+    k = tl.where(tap < 9, 0, (tap - 1) // 8)
+    position = tl.where(tap < 9, tap, (tap - 1) % 8)
+    position += (k > 0) & (position >= 4)  # step over the centre, whose weight kernel 0 carries
+    dilation = 2 * k + 1
+    return k * 9 + position, (position // 3 - 1) * dilation, (position % 3 - 1) * dilation
 
 
 @triton.jit(do_not_specialize=SIZES)
@@ -57,18 +65,17 @@ def _state_fusion_fwd_kernel(h_ptr, w_ptr, c_ptr, d_ptr, u_ptr, y_ptr, channels,
     planes = ((batch * channels + channel).to(tl.int64) * length)[:, None]  # [BD, 1]
 
     fused = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-    for k in tl.static_range(3):
-        for i in tl.static_range(3):
-            for j in tl.static_range(3):
-                if k == 0 or i * 3 + j != 4:
-                    w = tl.load(w_ptr + channel * 27 + (k * 9 + i * 3 + j), mask=channel_mask, other=0.0)
-                    src = _tap_source(row, col, height, width, k, i, j)
-                    states = tl.load(h_ptr + planes + src[None, :], mask=mask, other=0.0).to(tl.float32)
-                    fused += w[:, None] * states
-    c = tl.load(c_ptr + batch.to(tl.int64) * length + tokens, mask=token_mask, other=0.0).to(tl.float32)
+    for tap in range(25):
+        column, row_offset, col_offset = _tap(tap)
+        w = tl.load(w_ptr + channel * 27 + column, mask=channel_mask, other=0.0)
+        src = (tl.minimum(tl.maximum(row + row_offset, 0), height - 1) * width
+               + tl.minimum(tl.maximum(col + col_offset, 0), width - 1))
+        states = tl.load(h_ptr + planes + src[None, :], mask=mask, other=0.0)
+        fused += w[:, None] * states.to(tl.float32)
+    c = tl.load(c_ptr + batch.to(tl.int64) * length + tokens, mask=token_mask, other=0.0)
     d = tl.load(d_ptr + channel, mask=channel_mask, other=0.0)
-    u = tl.load(u_ptr + planes + tokens[None, :], mask=mask, other=0.0).to(tl.float32)
-    y = fused * c[None, :] + d[:, None] * u
+    u = tl.load(u_ptr + planes + tokens[None, :], mask=mask, other=0.0)
+    y = fused * c.to(tl.float32)[None, :] + d[:, None] * u.to(tl.float32)
     tl.store(y_ptr + planes + tokens[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -104,24 +111,22 @@ def _state_fusion_bwd_kernel(h_ptr, w_ptr, c_ptr, d_ptr, u_ptr, dy_ptr,
 
         fused = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
         dh = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-        for k in tl.static_range(3):
-            for i in tl.static_range(3):
-                for j in tl.static_range(3):
-                    if k == 0 or i * 3 + j != 4:
-                        w = tl.load(w_ptr + channel * 27 + (k * 9 + i * 3 + j), mask=channel_mask, other=0.0)
-                        src = _tap_source(row, col, height, width, k, i, j)
-                        states = tl.load(h_ptr + planes + src[None, :], mask=mask, other=0.0).to(tl.float32)
-                        fused += w[:, None] * states
-                        dw_acc += tl.where(tap_ids == k * 9 + i * 3 + j, tl.sum(g * states, axis=1)[:, None], 0.0)
-                        # Off the border, target q receives from q - o exactly (that source is not clamped).
-                        src_row = row - (i - 1) * (2 * k + 1)
-                        src_col = col - (j - 1) * (2 * k + 1)
-                        inside = (src_row >= 0) & (src_row < height) & (src_col >= 0) & (src_col < width)
-                        src = src_row * width + src_col
-                        gather_mask = mask & inside[None, :]
-                        dy_src = tl.load(dy_ptr + planes + src[None, :], mask=gather_mask, other=0.0)
-                        c_src = tl.load(c_ptr + c_row + src, mask=token_mask & inside, other=0.0)
-                        dh += w[:, None] * (dy_src.to(tl.float32) * c_src.to(tl.float32)[None, :])
+        for tap in range(25):
+            column, row_offset, col_offset = _tap(tap)
+            w = tl.load(w_ptr + channel * 27 + column, mask=channel_mask, other=0.0)
+            src = (tl.minimum(tl.maximum(row + row_offset, 0), height - 1) * width
+                   + tl.minimum(tl.maximum(col + col_offset, 0), width - 1))
+            states = tl.load(h_ptr + planes + src[None, :], mask=mask, other=0.0).to(tl.float32)
+            fused += w[:, None] * states
+            dw_acc += tl.where(tap_ids == column, tl.sum(g * states, axis=1)[:, None], 0.0)
+            # Off the border, target q receives from q - o exactly (that source is not clamped).
+            src_row = row - row_offset
+            src_col = col - col_offset
+            inside = (src_row >= 0) & (src_row < height) & (src_col >= 0) & (src_col < width)
+            src = src_row * width + src_col
+            dy_src = tl.load(dy_ptr + planes + src[None, :], mask=mask & inside[None, :], other=0.0)
+            c_src = tl.load(c_ptr + c_row + src, mask=token_mask & inside, other=0.0)
+            dh += w[:, None] * (dy_src.to(tl.float32) * c_src.to(tl.float32)[None, :])
         # dC is shared by all channels: reduce this block's channels here, then one atomic per token.
         tl.atomic_add(dc_ptr + c_row + tokens, tl.sum(dy * fused, axis=0), mask=token_mask)
         interior = (row > 0) & (row < height - 1) & (col > 0) & (col < width - 1)
@@ -189,10 +194,12 @@ def _state_fusion_border_bwd_kernel(w_ptr, c_ptr, dy_ptr, dh_ptr, channels, heig
 
 
 def _blocks():
-    # 8 channels x 128 tokens per tile on a GPU. The interpreter runs the programs one after another and pays per
-    # operation, not per element: 64-token blocks still give the small test maps several blocks (and splits).
+    # 8 channels x 128 tokens per tile on a GPU, 8 warps: each thread holds 4 channels of one token (with 4 warps it
+    # holds 8, and ptxas for sm_90 needs 128 / 185 registers in the forward / backward instead of 64 / 128). The
+    # interpreter runs the programs one after another and pays per operation, not per element: 64-token blocks still
+    # give the small test maps several blocks (and splits).
     interpreted = os.environ.get('TRITON_INTERPRET', '0') == '1'
-    return dict(BLOCK_D=8, BLOCK_L=64 if interpreted else 128)
+    return dict(BLOCK_D=8, BLOCK_L=64 if interpreted else 128, num_warps=8)
 
 
 def tap_weights(kernel_3, kernel_3_1, kernel_3_2, alpha):
