@@ -206,3 +206,26 @@ def test_kernels_compile_for_a_gpu():
     env = {**os.environ, 'TRITON_INTERPRET': '0'}
     result = subprocess.run([sys.executable, '-c', COMPILE_FOR_SM90], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_no_register_spills_at_spatial_mamba_shapes(tmp_path):
+    """tools/kernel_report.py on Spatial-Mamba T's stages, fp32 / bf16 / fp16 maps (the launches as the model makes
+    them, float32 states): ptxas for sm_90 reports no spills in any state-fusion kernel variant."""
+    import json
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / 'report.json'
+    result = subprocess.run([sys.executable, os.path.join(root, 'tools', 'kernel_report.py'), '--ops', 'state_fusion',
+                             '--models', 'spatialmamba_t', '--sizes', '224', '--batches', '1',
+                             '--dtypes', 'fp32,bf16,fp16', '--json', str(out)],
+                            env={**os.environ, 'TRITON_INTERPRET': '0'}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert not report['skipped'], report['skipped']
+    kernels = {(record['kernel'], tuple(record['pointer_dtypes'])) for record in report['variants']}
+    for kernel in ('_state_fusion_fwd_kernel', '_state_fusion_bwd_kernel', '_state_fusion_border_bwd_kernel'):
+        for pointers in (('*fp32',), ('*bf16', '*fp32'), ('*fp16', '*fp32')):
+            assert (kernel, pointers) in kernels, (kernel, pointers, kernels)
+    spilling = [(r['kernel'], r['pointer_dtypes'], r['spill_stores'], r['spill_loads']) for r in report['variants']
+                if r['spill_stores'] or r['spill_loads']]
+    assert not spilling, spilling
