@@ -15,14 +15,16 @@ float32 where they are used: with the taps unrolled, the compiler hoisted all 25
 Backward, with g = dy * C:
 - ``_state_fusion_bwd_kernel`` (one program per (split, batch x channel block), walking the token blocks
   split, split + n_splits, ...): du = D * dy; per-channel partial sums of dD = sum dy * u and of the tap gradients
-  dw_t = sum g * h[clamp(p + o_t)]; dC = sum over channels of dy * h' (float32 atomics over channel blocks); and
+  dw_t = sum g * h[clamp(p + o_t)]; per-token partial sums of dC = sum over channels of dy * h', one row per channel
+  block; and
   dh for every pixel off the border, where the adjoint of a clamped stencil is the plain gather sum_t w_t g[q - o_t].
 - ``_state_fusion_border_bwd_kernel`` (one program per block of border pixels): dh on the first/last row and column,
   where clamping folds every tap that left the map onto the border. Clamping is separable, so the sources of target
   q through tap (dr, dc) are a rectangle: rows {r : clamp(r + dr) = q_row} (an interval of at most |dr| + 1 rows)
   times the matching columns; the kernel sums g over it (runtime loops over the taps: few pixels, short code).
 Each pixel is written by exactly one program of one kernel, so dh needs no atomics and no zero fill.
-The host reduces the partial sums and applies the chain rule to the three kernels and alpha.
+The host reduces the partial sums in a fixed order (no atomics anywhere: the gradients are deterministic) and applies
+the chain rule to the three kernels and alpha.
 
 Sizes (channels, H, W, L, number of border pixels, splits) are runtime arguments listed in ``do_not_specialize``; the
 block sizes are fixed, so a new H x W never recompiles.
@@ -127,8 +129,9 @@ def _state_fusion_bwd_kernel(h_ptr, w_ptr, c_ptr, d_ptr, u_ptr, dy_ptr,
             dy_src = tl.load(dy_ptr + planes + src[None, :], mask=mask & inside[None, :], other=0.0)
             c_src = tl.load(c_ptr + c_row + src, mask=token_mask & inside, other=0.0)
             dh += w[:, None] * (dy_src.to(tl.float32) * c_src.to(tl.float32)[None, :])
-        # dC is shared by all channels: reduce this block's channels here, then one atomic per token.
-        tl.atomic_add(dc_ptr + c_row + tokens, tl.sum(dy * fused, axis=0), mask=token_mask)
+        # dC is shared by all channels: this block's channels summed here, the blocks on the host.
+        tl.store(dc_ptr + tl.program_id(1).to(tl.int64) * length + tokens, tl.sum(dy * fused, axis=0),
+                 mask=token_mask)
         interior = (row > 0) & (row < height - 1) & (col > 0) & (col < width - 1)
         tl.store(dh_ptr + planes + tokens[None, :], dh.to(dh_ptr.dtype.element_ty), mask=mask & interior[None, :])
 
@@ -247,18 +250,18 @@ def state_fusion_bwd(dy: torch.Tensor, h: torch.Tensor, kernel_3: torch.Tensor, 
     dy, h, C, u = dy.contiguous(), h.contiguous(), C.contiguous(), u.contiguous()
     weights = tap_weights(kernel_3, kernel_3_1, kernel_3_2, alpha)
     blocks = _blocks()
-    channel_blocks = batch * triton.cdiv(channels, blocks['BLOCK_D'])
+    n_channel_blocks = triton.cdiv(channels, blocks['BLOCK_D'])
     n_splits = min(triton.cdiv(length, blocks['BLOCK_L']), MAX_SPLITS)
     dh = torch.empty_like(h)  # every pixel is written once, by one of the two kernels
     du = torch.empty_like(u)
     dw = torch.empty(batch, n_splits, channels, TAPS, device=h.device, dtype=torch.float32)
     dd = torch.empty(batch, n_splits, channels, device=h.device, dtype=torch.float32)
-    dc = torch.zeros(batch, length, device=h.device, dtype=torch.float32)
-    _state_fusion_bwd_kernel[(n_splits, channel_blocks)](
+    dc = torch.empty(batch, n_channel_blocks, length, device=h.device, dtype=torch.float32)
+    _state_fusion_bwd_kernel[(n_splits, batch * n_channel_blocks)](
         h, weights, C, D.contiguous(), u, dy, dh, dw, dc, dd, du, channels, height, width, length, n_splits,
         **blocks)
     n_border = _border_count(height, width)
-    _state_fusion_border_bwd_kernel[(triton.cdiv(n_border, blocks['BLOCK_L']), channel_blocks)](
+    _state_fusion_border_bwd_kernel[(triton.cdiv(n_border, blocks['BLOCK_L']), batch * n_channel_blocks)](
         weights, C, dy, dh, channels, height, width, length, n_border, **blocks)
 
     # Chain rule from the tap table to the kernels and alpha; the shared centre tap feeds all three.
@@ -269,7 +272,7 @@ def state_fusion_bwd(dy: torch.Tensor, h: torch.Tensor, kernel_3: torch.Tensor, 
     dalpha = (dw * kernels).sum((0, 2))
     # Separate copies: a custom op's outputs may not alias each other (slices of one tensor would, for one channel).
     dkernel_3, dkernel_3_1, dkernel_3_2 = (grad.clone() for grad in dkernels.unbind(1))
-    return dh, dkernel_3, dkernel_3_1, dkernel_3_2, dalpha, dc.view(C.shape).to(C.dtype), dd.sum((0, 1)), du
+    return dh, dkernel_3, dkernel_3_1, dkernel_3_2, dalpha, dc.sum(1).view(C.shape).to(C.dtype), dd.sum((0, 1)), du
 
 
 @state_fusion_bwd.register_fake
