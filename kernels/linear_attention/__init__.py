@@ -48,7 +48,9 @@ Settings:
     Single head (the paper's "- multi-head"): shared_qk=True with a small Dk (one d x C state, split into value heads
         only for the kernels: the result equals one head of Dv = C).
     Input gate: gate [B, N, H, Dv] (per channel, the paper) or [B, N, H]. Shortcut: shortcut [H, Dv].
-    No attention normalisation: norm='none' (literal eq. 11) or norm='mean' (keeps the 1/N).
+    No attention normalisation: norm='none' (literal eq. 11) or norm='mean' (keeps the 1/N). On the Triton backend
+        the products with the state run in fp32 (tf32) for bf16 inputs with either, and for fp16 with 'none': with
+        no denominator to scale them down, bf16 operands left errors near the bf16 tolerance (triton._state_f32).
 """
 import torch
 
