@@ -36,9 +36,10 @@ def run(fn, inputs, grad_out):
     return [y] + [t.grad for t in inputs]
 
 
-def check_against_reference(batch, channels, height, width, dtype):
-    inputs = make_inputs(batch, channels, height, width, dtype)
+def check_against_reference(batch, channels, height, width, dtype, device='cpu'):
+    inputs = [t.detach().to(device) for t in make_inputs(batch, channels, height, width, dtype)]
     grad_out = torch.randn(batch, channels, height, width, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grad_out = grad_out.to(device)
     expected = run(state_fusion_reference, inputs, grad_out)
     actual = run(state_fusion_triton, inputs, grad_out)
     assert actual[0].dtype == dtype and actual[0].shape == (batch, channels, height, width)
@@ -68,6 +69,15 @@ def test_kernel_matches_reference_low_precision(dtype):
 @pytest.mark.parametrize('shape', SHAPES)
 def test_kernel_matches_reference_sweep(shape, dtype):
     check_against_reference(*shape, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_kernel_on_gpu_at_stage1_shapes(dtype):
+    """Spatial-Mamba-T stage 1 at 224^2 (56 x 56 tokens, 128 inner channels), batch 2: the compiled kernels against
+    the reference on the same device, output and every gradient."""
+    check_against_reference(2, 128, 56, 56, dtype, device='cuda')
 
 
 def test_reference_on_a_single_pixel_is_the_sum_of_all_taps():
