@@ -3,7 +3,8 @@ the documented key list and shapes rather than from our model, so loading them c
 import torch
 
 
-def _bn(prefix, channels, gen):
+def bn_keys(prefix, channels, gen):
+    """A BatchNorm's five entries, with running statistics away from their init."""
     return {
         f'{prefix}.weight': 1.0 + 0.1 * torch.randn(channels, generator=gen),
         f'{prefix}.bias': 0.1 * torch.randn(channels, generator=gen),
@@ -13,22 +14,28 @@ def _bn(prefix, channels, gen):
     }
 
 
+def stem_keys(embed_dim, w, gen):
+    """MLLA's convolutional stem (``patch_embed.conv1/conv2/conv3``), which VSSD and Spatial-Mamba reuse; ``w(*shape,
+    std=)`` draws a weight."""
+    c, sd = embed_dim, {}
+    sd['patch_embed.conv1.conv.weight'] = w(c // 2, 3, 3, 3, std=0.2)
+    sd.update(bn_keys('patch_embed.conv1.norm', c // 2, gen))
+    for i in (0, 1):
+        sd[f'patch_embed.conv2.{i}.conv.weight'] = w(c // 2, c // 2, 3, 3, std=0.1)
+        sd.update(bn_keys(f'patch_embed.conv2.{i}.norm', c // 2, gen))
+    sd['patch_embed.conv3.0.conv.weight'] = w(4 * c, c // 2, 3, 3, std=0.1)
+    sd.update(bn_keys('patch_embed.conv3.0.norm', 4 * c, gen))
+    sd['patch_embed.conv3.1.conv.weight'] = w(c, 4 * c, 1, 1, std=0.1)
+    sd.update(bn_keys('patch_embed.conv3.1.norm', c, gen))
+    return sd
+
+
 def upstream_state_dict(embed_dim, depths, img_size=224, layout='classification', num_classes=1000, seed=0):
     """layout: 'classification' (stem, layers with RoPE buffers, norm, head) or 'backbone' (the mmdet/mmseg
     backbone: the same trunk, RoPE buffers still present, plus norm0..norm3 and no classifier)."""
     gen = torch.Generator().manual_seed(seed)
     w = lambda *shape, std=0.05: std * torch.randn(*shape, generator=gen)  # noqa: E731
-    sd = {}
-    c = embed_dim
-    sd['patch_embed.conv1.conv.weight'] = w(c // 2, 3, 3, 3, std=0.2)
-    sd.update(_bn('patch_embed.conv1.norm', c // 2, gen))
-    for i in (0, 1):
-        sd[f'patch_embed.conv2.{i}.conv.weight'] = w(c // 2, c // 2, 3, 3, std=0.1)
-        sd.update(_bn(f'patch_embed.conv2.{i}.norm', c // 2, gen))
-    sd['patch_embed.conv3.0.conv.weight'] = w(4 * c, c // 2, 3, 3, std=0.1)
-    sd.update(_bn('patch_embed.conv3.0.norm', 4 * c, gen))
-    sd['patch_embed.conv3.1.conv.weight'] = w(c, 4 * c, 1, 1, std=0.1)
-    sd.update(_bn('patch_embed.conv3.1.norm', c, gen))
+    sd = stem_keys(embed_dim, w, gen)
     res = img_size // 4
     for stage, depth in enumerate(depths):
         c = embed_dim * 2 ** stage
@@ -58,7 +65,7 @@ def upstream_state_dict(embed_dim, depths, img_size=224, layout='classification'
             sd[f'{p}.1.conv.bias'] = w(8 * c)
             sd[f'{p}.2.conv.weight'] = w(2 * c, 8 * c, 1, 1, std=0.05)
             sd[f'{p}.2.conv.bias'] = w(2 * c)
-            sd.update(_bn(f'{p}.2.norm', 2 * c, gen))
+            sd.update(bn_keys(f'{p}.2.norm', 2 * c, gen))
         res //= 2
     if layout == 'classification':
         sd['norm.weight'] = 1.0 + w(c)

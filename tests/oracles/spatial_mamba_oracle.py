@@ -11,15 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _bn(prefix, channels, gen):
-    return {
-        f'{prefix}.weight': 1.0 + 0.1 * torch.randn(channels, generator=gen),
-        f'{prefix}.bias': 0.1 * torch.randn(channels, generator=gen),
-        f'{prefix}.running_mean': 0.1 * torch.randn(channels, generator=gen),
-        f'{prefix}.running_var': 0.5 + torch.rand(channels, generator=gen),
-        f'{prefix}.num_batches_tracked': torch.tensor(1000),
-    }
+from tests.upstream_keys import bn_keys, stem_keys
 
 
 def upstream_state_dict(embed_dim, depths, layout='classification', num_classes=1000, seed=0):
@@ -28,17 +20,7 @@ def upstream_state_dict(embed_dim, depths, layout='classification', num_classes=
     random (upstream initialises them to ones, which would hide a transposed or flipped kernel)."""
     gen = torch.Generator().manual_seed(seed)
     w = lambda *shape, std=0.05: std * torch.randn(*shape, generator=gen)  # noqa: E731
-    sd = {}
-    c = embed_dim
-    sd['patch_embed.conv1.conv.weight'] = w(c // 2, 3, 3, 3, std=0.2)
-    sd.update(_bn('patch_embed.conv1.norm', c // 2, gen))
-    for i in (0, 1):
-        sd[f'patch_embed.conv2.{i}.conv.weight'] = w(c // 2, c // 2, 3, 3, std=0.1)
-        sd.update(_bn(f'patch_embed.conv2.{i}.norm', c // 2, gen))
-    sd['patch_embed.conv3.0.conv.weight'] = w(4 * c, c // 2, 3, 3, std=0.1)
-    sd.update(_bn('patch_embed.conv3.0.norm', 4 * c, gen))
-    sd['patch_embed.conv3.1.conv.weight'] = w(c, 4 * c, 1, 1, std=0.1)
-    sd.update(_bn('patch_embed.conv3.1.norm', c, gen))
+    sd = stem_keys(embed_dim, w, gen)
     dims = [embed_dim * 2 ** i for i in range(len(depths))]
     for i, (dim, depth) in enumerate(zip(dims, depths)):
         inner, rank = 2 * dim, math.ceil(dim / 16)
@@ -77,7 +59,7 @@ def upstream_state_dict(embed_dim, depths, layout='classification', num_classes=
             sd[f'{d}.1.conv.bias'] = w(8 * dim)
             sd[f'{d}.2.conv.weight'] = w(2 * dim, 8 * dim, 1, 1, std=(8 * dim) ** -0.5)
             sd[f'{d}.2.conv.bias'] = w(2 * dim)
-            sd.update(_bn(f'{d}.2.norm', 2 * dim, gen))
+            sd.update(bn_keys(f'{d}.2.norm', 2 * dim, gen))
     if layout == 'classification':
         sd['norm.weight'] = 1.0 + w(dims[-1], std=0.1)
         sd['norm.bias'] = w(dims[-1])

@@ -7,15 +7,7 @@ our model), so agreeing with it checks both the key layout and the maths of mlla
 import torch
 import torch.nn.functional as F
 
-
-def _bn(prefix, channels, gen):
-    return {
-        f'{prefix}.weight': 1.0 + 0.1 * torch.randn(channels, generator=gen),
-        f'{prefix}.bias': 0.1 * torch.randn(channels, generator=gen),
-        f'{prefix}.running_mean': 0.1 * torch.randn(channels, generator=gen),
-        f'{prefix}.running_var': 0.5 + torch.rand(channels, generator=gen),
-        f'{prefix}.num_batches_tracked': torch.tensor(1000),
-    }
+from tests.upstream_keys import bn_keys, stem_keys
 
 
 def upstream_state_dict(embed_dim, depths, num_heads, d_state, layout='classification', num_classes=1000, seed=0):
@@ -23,17 +15,7 @@ def upstream_state_dict(embed_dim, depths, num_heads, d_state, layout='classific
     'backbone' (MM_VSSD: the trunk plus outnorm0..3, no norm or head)."""
     gen = torch.Generator().manual_seed(seed)
     w = lambda *shape, std=0.05: std * torch.randn(*shape, generator=gen)  # noqa: E731
-    sd = {}
-    c = embed_dim
-    sd['patch_embed.conv1.conv.weight'] = w(c // 2, 3, 3, 3, std=0.2)
-    sd.update(_bn('patch_embed.conv1.norm', c // 2, gen))
-    for i in (0, 1):
-        sd[f'patch_embed.conv2.{i}.conv.weight'] = w(c // 2, c // 2, 3, 3, std=0.1)
-        sd.update(_bn(f'patch_embed.conv2.{i}.norm', c // 2, gen))
-    sd['patch_embed.conv3.0.conv.weight'] = w(4 * c, c // 2, 3, 3, std=0.1)
-    sd.update(_bn('patch_embed.conv3.0.norm', 4 * c, gen))
-    sd['patch_embed.conv3.1.conv.weight'] = w(c, 4 * c, 1, 1, std=0.1)
-    sd.update(_bn('patch_embed.conv3.1.norm', c, gen))
+    sd = stem_keys(embed_dim, w, gen)
     for stage, depth in enumerate(depths):
         c = embed_dim * 2 ** stage
         heads = num_heads[stage]
@@ -72,7 +54,7 @@ def upstream_state_dict(embed_dim, depths, num_heads, d_state, layout='classific
             sd[f'{p}.1.conv.bias'] = w(8 * c)
             sd[f'{p}.2.conv.weight'] = w(2 * c, 8 * c, 1, 1, std=0.05)
             sd[f'{p}.2.conv.bias'] = w(2 * c)
-            sd.update(_bn(f'{p}.2.norm', 2 * c, gen))
+            sd.update(bn_keys(f'{p}.2.norm', 2 * c, gen))
     if layout == 'classification':
         sd['norm.weight'] = 1.0 + w(c)
         sd['norm.bias'] = w(c)
