@@ -7,12 +7,29 @@ import torch
 import torch.nn.functional as F
 
 
-def _conv_layer(sd, prefix, x, stride=1, padding=0, groups=1, norm=True, act=True):
+def conv_layer(sd, prefix, x, stride=1, padding=0, groups=1, norm=True, act=True):
+    """Upstream's ConvLayer (conv, BatchNorm in eval mode, ReLU) on an NCHW map."""
     x = F.conv2d(x, sd[f'{prefix}.conv.weight'], sd.get(f'{prefix}.conv.bias'), stride, padding, 1, groups)
     if norm:
         x = F.batch_norm(x, sd[f'{prefix}.norm.running_mean'], sd[f'{prefix}.norm.running_var'],
                          sd[f'{prefix}.norm.weight'], sd[f'{prefix}.norm.bias'], False, 0.0, 1e-5)
     return F.relu(x) if act else x
+
+
+def stem_forward(sd, images):
+    """MLLA's stem (``patch_embed``; VSSD and Spatial-Mamba reuse it): NCHW images to NCHW maps at stride 4."""
+    x = conv_layer(sd, 'patch_embed.conv1', images, stride=2, padding=1)
+    x = conv_layer(sd, 'patch_embed.conv2.1', conv_layer(sd, 'patch_embed.conv2.0', x, padding=1), padding=1,
+                   act=False) + x
+    x = conv_layer(sd, 'patch_embed.conv3.0', x, stride=2, padding=1)
+    return conv_layer(sd, 'patch_embed.conv3.1', x, act=False)
+
+
+def merging_forward(sd, prefix, x):
+    """MLLA's patch merging (1x1 conv, 3x3 depthwise stride 2, 1x1 conv + BatchNorm) on an NCHW map."""
+    x = conv_layer(sd, f'{prefix}.0', x, norm=False)
+    x = conv_layer(sd, f'{prefix}.1', x, stride=2, padding=1, groups=x.shape[1], norm=False)
+    return conv_layer(sd, f'{prefix}.2', x, act=False)
 
 
 def _rotations(h, w, c):
@@ -66,11 +83,7 @@ def upstream_backbone_forward(sd, images, depths, num_heads, out_indices=(0, 1, 
     """NCHW outputs of the upstream det/seg backbone (eval mode) for ``images`` [B, 3, H, W]."""
     _, _, height, width = images.shape
     x = F.pad(images, (0, -width % 4, 0, -height % 4))
-    x = _conv_layer(sd, 'patch_embed.conv1', x, stride=2, padding=1)
-    x = _conv_layer(sd, 'patch_embed.conv2.1', _conv_layer(sd, 'patch_embed.conv2.0', x, padding=1), padding=1,
-                    act=False) + x
-    x = _conv_layer(sd, 'patch_embed.conv3.0', x, stride=2, padding=1)
-    x = _conv_layer(sd, 'patch_embed.conv3.1', x, act=False)
+    x = stem_forward(sd, x)
     b, c, h, w = x.shape
     x = x.flatten(2).transpose(1, 2)
     outs = []
@@ -83,10 +96,7 @@ def upstream_backbone_forward(sd, images, depths, num_heads, out_indices=(0, 1, 
             outs.append(out.reshape(b, h, w, c).permute(0, 3, 1, 2))
         if i < len(depths) - 1:
             y = F.pad(x.reshape(b, h, w, c), (0, 0, 0, w % 2, 0, h % 2)).permute(0, 3, 1, 2)
-            p = f'layers.{i}.downsample.conv'
-            y = _conv_layer(sd, f'{p}.0', y, norm=False)
-            y = _conv_layer(sd, f'{p}.1', y, stride=2, padding=1, groups=y.shape[1], norm=False)
-            y = _conv_layer(sd, f'{p}.2', y, act=False)
+            y = merging_forward(sd, f'layers.{i}.downsample.conv', y)
             h, w = y.shape[-2:]
             x = y.flatten(2).transpose(1, 2)
     return outs

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.upstream_keys import bn_keys, stem_keys
+from tests.upstream_oracle import merging_forward, stem_forward
 
 
 def upstream_state_dict(embed_dim, depths, layout='classification', num_classes=1000, seed=0):
@@ -72,14 +73,6 @@ def upstream_state_dict(embed_dim, depths, layout='classification', num_classes=
     else:
         raise ValueError(f'unknown layout {layout!r}')
     return sd
-
-
-def _conv_layer(sd, prefix, x, stride=1, padding=0, groups=1, norm=True, act=True):
-    x = F.conv2d(x, sd[f'{prefix}.conv.weight'], sd.get(f'{prefix}.conv.bias'), stride, padding, 1, groups)
-    if norm:
-        x = F.batch_norm(x, sd[f'{prefix}.norm.running_mean'], sd[f'{prefix}.norm.running_var'],
-                         sd[f'{prefix}.norm.weight'], sd[f'{prefix}.norm.bias'], False, 0.0, 1e-5)
-    return F.relu(x) if act else x
 
 
 def _merged_fusion_kernel(sd, a):
@@ -144,20 +137,13 @@ def _block(sd, p, x):
 
 
 def _downsample(sd, d, x):
-    x = x.permute(0, 3, 1, 2)
-    x = _conv_layer(sd, f'{d}.0', x, norm=False)
-    x = _conv_layer(sd, f'{d}.1', x, stride=2, padding=1, groups=x.shape[1], norm=False)
-    return _conv_layer(sd, f'{d}.2', x, act=False).permute(0, 2, 3, 1)
+    return merging_forward(sd, d, x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 def spatial_mamba_forward(sd, images, depths):
     """images (b, 3, H, W) -> (per-stage maps (b, C_i, h_i, w_i) before downsampling, logits or None)."""
     with torch.no_grad():
-        x = _conv_layer(sd, 'patch_embed.conv1', images, stride=2, padding=1)
-        x = _conv_layer(sd, 'patch_embed.conv2.1', _conv_layer(sd, 'patch_embed.conv2.0', x, padding=1),
-                        padding=1, act=False) + x
-        x = _conv_layer(sd, 'patch_embed.conv3.0', x, stride=2, padding=1)
-        x = _conv_layer(sd, 'patch_embed.conv3.1', x, act=False).permute(0, 2, 3, 1)
+        x = stem_forward(sd, images).permute(0, 2, 3, 1)
         maps = []
         for i, depth in enumerate(depths):
             for j in range(depth):

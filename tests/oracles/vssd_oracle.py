@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.upstream_keys import bn_keys, stem_keys
+from tests.upstream_oracle import merging_forward, stem_forward
 
 
 def upstream_state_dict(embed_dim, depths, num_heads, d_state, layout='classification', num_classes=1000, seed=0):
@@ -69,14 +70,6 @@ def upstream_state_dict(embed_dim, depths, num_heads, d_state, layout='classific
     return sd
 
 
-def _conv_layer(sd, prefix, x, stride=1, padding=0, groups=1, norm=True, act=True):
-    x = F.conv2d(x, sd[f'{prefix}.conv.weight'], sd.get(f'{prefix}.conv.bias'), stride, padding, 1, groups)
-    if norm:
-        x = F.batch_norm(x, sd[f'{prefix}.norm.running_mean'], sd[f'{prefix}.norm.running_var'],
-                         sd[f'{prefix}.norm.weight'], sd[f'{prefix}.norm.bias'], False, 0.0, 1e-5)
-    return F.relu(x) if act else x
-
-
 def _dw(sd, prefix, tokens, h, w):
     b, _, c = tokens.shape
     x = tokens.transpose(1, 2).reshape(b, c, h, w)
@@ -127,11 +120,7 @@ def vssd_forward(sd, images, depths, num_heads, d_state):
 
     Returns (stage outputs before downsampling as NCHW maps, normalised by ``outnorm{i}`` when the state dict has
     them; logits when it has a head, else None)."""
-    x = _conv_layer(sd, 'patch_embed.conv1', images, stride=2, padding=1)
-    x = _conv_layer(sd, 'patch_embed.conv2.1', _conv_layer(sd, 'patch_embed.conv2.0', x, padding=1), padding=1,
-                    act=False) + x
-    x = _conv_layer(sd, 'patch_embed.conv3.0', x, stride=2, padding=1)
-    x = _conv_layer(sd, 'patch_embed.conv3.1', x, act=False)
+    x = stem_forward(sd, images)
     b, _, h, w = x.shape
     x = x.flatten(2).transpose(1, 2)
     outs = []
@@ -142,11 +131,7 @@ def vssd_forward(sd, images, depths, num_heads, d_state):
         out = _layer_norm(sd, f'outnorm{i}', x) if f'outnorm{i}.weight' in sd else x
         outs.append(out.transpose(1, 2).reshape(b, -1, h, w))
         if not last:
-            p = f'layers.{i}.downsample.conv'
-            y = x.transpose(1, 2).reshape(b, -1, h, w)
-            y = _conv_layer(sd, f'{p}.0', y, norm=False)
-            y = _conv_layer(sd, f'{p}.1', y, stride=2, padding=1, groups=y.shape[1], norm=False)
-            y = _conv_layer(sd, f'{p}.2', y, act=False)
+            y = merging_forward(sd, f'layers.{i}.downsample.conv', x.transpose(1, 2).reshape(b, -1, h, w))
             h, w = y.shape[-2:]
             x = y.flatten(2).transpose(1, 2)
     logits = None
