@@ -30,6 +30,14 @@ def stem_keys(embed_dim, w, gen):
     return sd
 
 
+def merging_keys(prefix, c, w, gen):
+    """MLLA's patch merging from c to 2c channels (VSSD and Spatial-Mamba reuse it), fan-in scaled."""
+    return {f'{prefix}.0.conv.weight': w(8 * c, c, 1, 1, std=c ** -0.5), f'{prefix}.0.conv.bias': w(8 * c),
+            f'{prefix}.1.conv.weight': w(8 * c, 1, 3, 3, std=0.3), f'{prefix}.1.conv.bias': w(8 * c),
+            f'{prefix}.2.conv.weight': w(2 * c, 8 * c, 1, 1, std=(8 * c) ** -0.5), f'{prefix}.2.conv.bias': w(2 * c),
+            **bn_keys(f'{prefix}.2.norm', 2 * c, gen)}
+
+
 def upstream_state_dict(embed_dim, depths, img_size=224, layout='classification', num_classes=1000, seed=0):
     """layout: 'classification' (stem, layers with RoPE buffers, norm, head) or 'backbone' (the mmdet/mmseg
     backbone: the same trunk, RoPE buffers still present, plus norm0..norm3 and no classifier)."""
@@ -58,14 +66,7 @@ def upstream_state_dict(embed_dim, depths, img_size=224, layout='classification'
             sd[f'{p}.mlp.fc2.weight'] = w(c, 4 * c, std=0.1)
             sd[f'{p}.mlp.fc2.bias'] = w(c)
         if stage < len(depths) - 1:
-            p = f'layers.{stage}.downsample.conv'
-            sd[f'{p}.0.conv.weight'] = w(8 * c, c, 1, 1, std=0.1)
-            sd[f'{p}.0.conv.bias'] = w(8 * c)
-            sd[f'{p}.1.conv.weight'] = w(8 * c, 1, 3, 3, std=0.2)
-            sd[f'{p}.1.conv.bias'] = w(8 * c)
-            sd[f'{p}.2.conv.weight'] = w(2 * c, 8 * c, 1, 1, std=0.05)
-            sd[f'{p}.2.conv.bias'] = w(2 * c)
-            sd.update(bn_keys(f'{p}.2.norm', 2 * c, gen))
+            sd.update(merging_keys(f'layers.{stage}.downsample.conv', c, w, gen))
         res //= 2
     if layout == 'classification':
         sd['norm.weight'] = 1.0 + w(c)

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tests.upstream_keys import bn_keys, stem_keys
+from tests.upstream_keys import merging_keys, stem_keys
 from tests.upstream_oracle import merging_forward, stem_forward
 
 
@@ -53,14 +53,7 @@ def upstream_state_dict(embed_dim, depths, layout='classification', num_classes=
             sd[f'{p}.mlp.fc2.weight'] = w(dim, 4 * dim, std=0.5 * (4 * dim) ** -0.5)
             sd[f'{p}.mlp.fc2.bias'] = w(dim)
         if i < len(depths) - 1:
-            d = f'layers.{i}.downsample.conv'
-            sd[f'{d}.0.conv.weight'] = w(8 * dim, dim, 1, 1, std=dim ** -0.5)
-            sd[f'{d}.0.conv.bias'] = w(8 * dim)
-            sd[f'{d}.1.conv.weight'] = w(8 * dim, 1, 3, 3, std=0.3)
-            sd[f'{d}.1.conv.bias'] = w(8 * dim)
-            sd[f'{d}.2.conv.weight'] = w(2 * dim, 8 * dim, 1, 1, std=(8 * dim) ** -0.5)
-            sd[f'{d}.2.conv.bias'] = w(2 * dim)
-            sd.update(bn_keys(f'{d}.2.norm', 2 * dim, gen))
+            sd.update(merging_keys(f'layers.{i}.downsample.conv', dim, w, gen))
     if layout == 'classification':
         sd['norm.weight'] = 1.0 + w(dims[-1], std=0.1)
         sd['norm.bias'] = w(dims[-1])

@@ -7,7 +7,7 @@ our model), so agreeing with it checks both the key layout and the maths of mlla
 import torch
 import torch.nn.functional as F
 
-from tests.upstream_keys import bn_keys, stem_keys
+from tests.upstream_keys import merging_keys, stem_keys
 from tests.upstream_oracle import merging_forward, stem_forward
 
 
@@ -48,14 +48,7 @@ def upstream_state_dict(embed_dim, depths, num_heads, d_state, layout='classific
             sd[f'{p}.mlp.fc2.weight'] = w(c, 4 * c, std=0.1)
             sd[f'{p}.mlp.fc2.bias'] = w(c)
         if stage < len(depths) - 1:
-            p = f'layers.{stage}.downsample.conv'
-            sd[f'{p}.0.conv.weight'] = w(8 * c, c, 1, 1, std=0.1)
-            sd[f'{p}.0.conv.bias'] = w(8 * c)
-            sd[f'{p}.1.conv.weight'] = w(8 * c, 1, 3, 3, std=0.2)
-            sd[f'{p}.1.conv.bias'] = w(8 * c)
-            sd[f'{p}.2.conv.weight'] = w(2 * c, 8 * c, 1, 1, std=0.05)
-            sd[f'{p}.2.conv.bias'] = w(2 * c)
-            sd.update(bn_keys(f'{p}.2.norm', 2 * c, gen))
+            sd.update(merging_keys(f'layers.{stage}.downsample.conv', c, w, gen))
     if layout == 'classification':
         sd['norm.weight'] = 1.0 + w(c)
         sd['norm.bias'] = w(c)
