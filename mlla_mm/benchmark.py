@@ -2,6 +2,7 @@
 tools/benchmark_kernels.py, tools/get_flops.py and tools/ablate.py share its timer, environment header and FLOP
 analyzer. mmdet, mmseg, timm and mmengine are imported only inside the functions that need them."""
 import csv
+import functools
 import importlib.metadata
 import inspect
 import json
@@ -82,23 +83,16 @@ def environment(device: torch.device) -> dict:
 
 def flop_analyzer(model, shape, library=None):
     """mmengine's FlopAnalyzer (one multiply-add = one FLOP) of one 1 x 3 x H x W image through ``model(x)``
-    (library None: a backbone) or an mmdet / mmseg model's tensor forward (``_forward``). Kernel ops count only
-    where they run on their PyTorch reference (backend 'torch'), whose matmuls/einsums the tracer sees."""
+    (library None: a backbone) or an mmdet / mmseg model's tensor-mode forward, bound to fixed data samples as
+    mmdet's get_flops.py does (this replaces the model's ``forward``). Kernel ops count only where they run on their
+    PyTorch reference (backend 'torch'), whose matmuls/einsums the tracer sees."""
     from mmengine.analysis import FlopAnalyzer
-
-    class TensorForward(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model, self.samples = model, None
-            if library == 'mmdet':
-                from mmdet.structures import DetDataSample
-                self.samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
-                                                            batch_input_shape=shape, scale_factor=(1.0, 1.0)))]
-
-        def forward(self, x):
-            return self.model._forward(x, self.samples)
-
-    analyzer = FlopAnalyzer(model if library is None else TensorForward(), torch.zeros(1, 3, *shape))
+    if library is not None:
+        from mmdet.structures import DetDataSample
+        meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape, scale_factor=(1., 1.))
+        model.forward = functools.partial(model.forward, data_samples=[DetDataSample(metainfo=meta)]
+                                          if library == 'mmdet' else None)
+    analyzer = FlopAnalyzer(model, torch.zeros(1, 3, *shape))
     return analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
 
 

@@ -62,6 +62,7 @@ class LinearAttentionCounter:
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.manual_seed(0)  # a detector's proposal count after NMS, hence its RoI-head FLOPs, depends on the weights
     model, library = build_subject(args.target, args.cfg_options)
     library = library or 'backbone'
     model.eval()
@@ -78,13 +79,12 @@ def main(argv=None):
         by_module = analyzer.by_module()
         by_op = analyzer.by_operator()
     counter.remove()
-    backbone_prefix = '' if library == 'backbone' else ('model.backbone' if 'model.backbone' in by_module else '')
     params = parameter_count(model)
     print(f'input: 1 x 3 x {shape[0]} x {shape[1]} ({library})')
     print(f'params: {params[""] / 1e6:.2f} M' + ('' if library == 'backbone'
                                                   else f' (backbone {params["backbone"] / 1e6:.2f} M)'))
     print(f'FLOPs (MACs): {total / 1e9:.2f} G' + ('' if library == 'backbone'
-                                                  else f' (backbone {by_module[backbone_prefix] / 1e9:.2f} G)'))
+                                                  else f' (backbone {by_module["backbone"] / 1e9:.2f} G)'))
     counted = by_op.get('einsum', 0)
     print(f'  of which linear attention: {counter.macs / 1e9:.3f} G analytic (2*B*N*C*d + B*N*C per call), '
           f'{counted / 1e9:.3f} G counted by the tracer (einsum)')
