@@ -82,16 +82,15 @@ def environment(device: torch.device) -> dict:
 
 
 def flop_analyzer(model, shape, library=None):
-    """mmengine's FlopAnalyzer (one multiply-add = one FLOP) of one 1 x 3 x H x W image through ``model(x)``
-    (library None: a backbone) or an mmdet / mmseg model's tensor-mode forward, bound to fixed data samples as
-    mmdet's get_flops.py does (this replaces the model's ``forward``). Kernel ops count only where they run on their
-    PyTorch reference (backend 'torch'), whose matmuls/einsums the tracer sees."""
+    """mmengine's FlopAnalyzer (one multiply-add = one FLOP) of one 1 x 3 x H x W image through ``model(x)``: a
+    backbone, or an mm model's tensor-mode forward (a detector's bound to one data sample, as mmdet's get_flops.py
+    does, replacing its ``forward``). Kernel ops count only where they run on their PyTorch reference (backend
+    'torch'), whose matmuls/einsums the tracer sees."""
     from mmengine.analysis import FlopAnalyzer
-    if library is not None:
+    if library == 'mmdet':
         from mmdet.structures import DetDataSample
         meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape, scale_factor=(1., 1.))
-        model.forward = functools.partial(model.forward, data_samples=[DetDataSample(metainfo=meta)]
-                                          if library == 'mmdet' else None)
+        model.forward = functools.partial(model.forward, data_samples=[DetDataSample(metainfo=meta)])
     analyzer = FlopAnalyzer(model, torch.zeros(1, 3, *shape))
     return analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
 
