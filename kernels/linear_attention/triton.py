@@ -97,33 +97,18 @@ def _load_tile(ptr, offs_n, tok_mask, stride_n, stride_d, D: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _round_bf16(x, INTERPRET_BF16: tl.constexpr):
-    """x (fp32) rounded to the nearest bf16 (ties to even), still as fp32, under the interpreter only. A GPU converts
-    fp32 to bf16 to nearest; Triton's CPU interpreter truncates (rounds toward zero), a bias that sums over the Dk
-    and token reductions (mean_norm dv at bf16: 6x the RMS error of rounding to nearest, 2 of 8320 elements outside
-    the tolerance). Rounded here first, the interpreter's truncating cast is exact."""
-    if INTERPRET_BF16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
-    return x
-
-
-@triton.jit
-def _store_tile(ptr, x, offs_n, tok_mask, stride_n, stride_d, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                INTERPRET_BF16: tl.constexpr):
+def _store_tile(ptr, x, offs_n, tok_mask, stride_n, stride_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
-    x = _round_bf16(x, INTERPRET_BF16)
     tl.store(ptr + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d, x.to(ptr.dtype.element_ty),
              mask=tok_mask[:, None] & (offs_d[None, :] < D))
 
 
 @triton.jit
 def _store_pairs(ptr, offs_n, tok_mask, stride_n, stride_d, even, odd, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_D: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+                 BLOCK_D: tl.constexpr):
     """Re-interleave (even, odd) channel halves into a [BLOCK_N, D] tile and store it in the pointer's dtype."""
     _store_tile(ptr, tl.reshape(tl.join(even, odd), (BLOCK_N, BLOCK_D)), offs_n, tok_mask, stride_n, stride_d,
-                D, BLOCK_D, INTERPRET_BF16)
+                D, BLOCK_D)
 
 
 @triton.jit
@@ -198,24 +183,19 @@ def _rotate_back(even, odd, cos, sin, ROPE: tl.constexpr):
 
 
 @triton.jit
-def _mma(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
-    """x as a tl.dot operand of ``dtype``. Triton's CPU interpreter multiplies bf16 tiles as their raw uint16 bits,
-    so there (INTERPRET_BF16) the values rounded to bf16 (to nearest, as on a GPU) go in as fp32: the same product."""
-    if INTERPRET_BF16:
-        x = _round_bf16(x, INTERPRET_BF16)
-    else:
-        x = x.to(dtype)
-    return x
+def _mma(x, dtype: tl.constexpr):
+    """x as a tl.dot operand of ``dtype``."""
+    return x.to(dtype)
 
 
 @triton.jit
-def _smma(x, dot_dtype: tl.constexpr, STATE_F32: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+def _smma(x, dot_dtype: tl.constexpr, STATE_F32: tl.constexpr):
     """x as an operand of a product with a state: in the input dtype, or in fp32 (tf32 tensor cores) where the
     input dtype is not enough for the un-normalised state (STATE_F32, see _state_f32)."""
     if STATE_F32:
         y = x.to(tl.float32)
     else:
-        y = _mma(x, dot_dtype, INTERPRET_BF16)
+        y = _mma(x, dot_dtype)
     return y
 
 
@@ -319,7 +299,7 @@ def _fwd_state_kernel(k_ptr, v_ptr, gate_ptr, part_ptr, state_ptr, count_ptr,
                       n_tokens, width, num_heads, qk_heads, chunk_tokens, n_chunks,
                       DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr,
-                      NORM: tl.constexpr, GATE: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+                      NORM: tl.constexpr, GATE: tl.constexpr, PRECISION: tl.constexpr,
                       FAST_SINCOS: tl.constexpr):
     """State of one token chunk: sum_n K~_n u_n^T and sum_n K_n (not yet divided by N)."""
     bh = tl.program_id(0)
@@ -348,9 +328,9 @@ def _fwd_state_kernel(k_ptr, v_ptr, gate_ptr, part_ptr, state_ptr, count_ptr,
         u = _load_tile(v_ptr, offs_n, tok_mask, stride_vn, stride_vd, DV, BLOCK_DV)
         if GATE != 0:
             u = u.to(tl.float32) * _load_gate(gate_ptr, offs_n, tok_mask, stride_sn, stride_sd, DV, BLOCK_DV, GATE)
-        u = _mma(u, dot_dtype, INTERPRET_BF16)
-        kv_even = tl.dot(tl.trans(_mma(kr_even, dot_dtype, INTERPRET_BF16)), u, kv_even, input_precision=PRECISION)
-        kv_odd = tl.dot(tl.trans(_mma(kr_odd, dot_dtype, INTERPRET_BF16)), u, kv_odd, input_precision=PRECISION)
+        u = _mma(u, dot_dtype)
+        kv_even = tl.dot(tl.trans(_mma(kr_even, dot_dtype)), u, kv_even, input_precision=PRECISION)
+        kv_odd = tl.dot(tl.trans(_mma(kr_odd, dot_dtype)), u, kv_odd, input_precision=PRECISION)
         if NORM == 0:
             ksum_even += tl.sum(k_even, axis=0)
             ksum_odd += tl.sum(k_odd, axis=0)
@@ -393,7 +373,7 @@ def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, lepe_w_ptr, lepe_b_pt
                     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     BLOCK_N: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr, NORM: tl.constexpr,
                     SHORTCUT: tl.constexpr, LEPE: tl.constexpr, STATE_F32: tl.constexpr, PRECISION: tl.constexpr,
-                    INTERPRET_BF16: tl.constexpr, FAST_SINCOS: tl.constexpr):
+                    FAST_SINCOS: tl.constexpr):
     """out_n = c_n Q~_n (sigma S) [+ D * v_n] [+ LePE(v)_n] for one tile of tokens."""
     bh = tl.program_id(0)
     tile = tl.program_id(1)
@@ -414,10 +394,10 @@ def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, lepe_w_ptr, lepe_b_pt
                                    FEATURE_ELU)
     cos, sin = _rope_cos_sin(offs_n, width, qk_head, qk_heads * DK, DK, BLOCK_DK, ROPE, FAST_SINCOS)
     qr_even, qr_odd = _rotate(q_even, q_odd, cos, sin, ROPE)
-    qr_even = _smma(qr_even, dot_dtype, STATE_F32, INTERPRET_BF16)
-    qr_odd = _smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16)
-    out = tl.dot(qr_even, _smma(s_even, dot_dtype, STATE_F32, INTERPRET_BF16), input_precision=PRECISION)
-    out = tl.dot(qr_odd, _smma(s_odd, dot_dtype, STATE_F32, INTERPRET_BF16), out, input_precision=PRECISION)
+    qr_even = _smma(qr_even, dot_dtype, STATE_F32)
+    qr_odd = _smma(qr_odd, dot_dtype, STATE_F32)
+    out = tl.dot(qr_even, _smma(s_even, dot_dtype, STATE_F32), input_precision=PRECISION)
+    out = tl.dot(qr_odd, _smma(s_odd, dot_dtype, STATE_F32), out, input_precision=PRECISION)
     if NORM == 0:
         z = 1.0 / (tl.sum(q_even * km_even[None, :] + q_odd * km_odd[None, :], axis=1) + _EPS)
         out = out * z[:, None]
@@ -430,24 +410,24 @@ def _fwd_out_kernel(q_ptr, v_ptr, state_ptr, shortcut_ptr, lepe_w_ptr, lepe_b_pt
         if LEPE == 2:
             offs_e = tl.arange(0, BLOCK_DV)
             out += tl.load(lepe_b_ptr + head * DV + offs_e, mask=offs_e < DV, other=0.0).to(tl.float32)[None, :]
-    _store_tile(out_ptr, out, offs_n, tok_mask, stride_on, stride_od, DV, BLOCK_DV, INTERPRET_BF16)
+    _store_tile(out_ptr, out, offs_n, tok_mask, stride_on, stride_od, DV, BLOCK_DV)
 
 
 @triton.jit
 def _q_grad(q_even, q_odd, qr_even, qr_odd, g, s_even, s_odd, km_even, km_odd, dot_dtype: tl.constexpr,
-            STATE_F32: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+            STATE_F32: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr):
     """For one head: gc = c * g (the gradient of Q~ (sigma S)), dQ~ = gc (sigma S)^T as (even, odd) halves, and
     dden = d loss / d(Q . sigma ksum) (zero without the 'denominator' normaliser)."""
     if NORM == 0:
         z = 1.0 / (tl.sum(q_even * km_even[None, :] + q_odd * km_odd[None, :], axis=1) + _EPS)
-        num = tl.dot(_smma(qr_even, dot_dtype, STATE_F32, INTERPRET_BF16), s_even, input_precision=PRECISION)
-        num = tl.dot(_smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16), s_odd, num, input_precision=PRECISION)
+        num = tl.dot(_smma(qr_even, dot_dtype, STATE_F32), s_even, input_precision=PRECISION)
+        num = tl.dot(_smma(qr_odd, dot_dtype, STATE_F32), s_odd, num, input_precision=PRECISION)
         dden = -z * tl.sum(g * num, axis=1) * z
         gc = g * z[:, None]
     else:
         dden = tl.zeros((g.shape[0],), tl.float32)
         gc = g
-    gc = _smma(gc, dot_dtype, STATE_F32, INTERPRET_BF16)
+    gc = _smma(gc, dot_dtype, STATE_F32)
     dqr_even = tl.dot(gc, tl.trans(s_even), input_precision=PRECISION)
     dqr_odd = tl.dot(gc, tl.trans(s_odd), input_precision=PRECISION)
     return gc, dqr_even, dqr_odd, dden
@@ -462,7 +442,7 @@ def _bwd_state_kernel(q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, dstate_ptr, co
                       DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr,
                       NORM: tl.constexpr, STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr,
-                      PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr, FAST_SINCOS: tl.constexpr):
+                      PRECISION: tl.constexpr, FAST_SINCOS: tl.constexpr):
     """Partial dS = sum_n Q~_n gc_n^T and dksum = sum_n dden_n Q_n of one token chunk (reduced into dstate), and,
     with a per-head query (WRITE_DQ), dq = (R^T dQ~ + dden sigma ksum) * phi'(q)."""
     bh = tl.program_id(0)
@@ -478,8 +458,8 @@ def _bwd_state_kernel(q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, dstate_ptr, co
     sigma = _sigma(n_tokens, NORM)
     s_even, s_odd, km_even, km_odd = _load_state(state_ptr + bh.to(tl.int64) * (DK * DV + DK), sigma,
                                                  DK, DV, BLOCK_DK, BLOCK_DV)
-    s_even = _smma(s_even, dot_dtype, STATE_F32, INTERPRET_BF16)
-    s_odd = _smma(s_odd, dot_dtype, STATE_F32, INTERPRET_BF16)
+    s_even = _smma(s_even, dot_dtype, STATE_F32)
+    s_odd = _smma(s_odd, dot_dtype, STATE_F32)
     ds_even = tl.zeros((BLOCK_DK // 2, BLOCK_DV), tl.float32)
     ds_odd = tl.zeros((BLOCK_DK // 2, BLOCK_DV), tl.float32)
     dkm_even = tl.zeros((BLOCK_DK // 2,), tl.float32)
@@ -495,10 +475,10 @@ def _bwd_state_kernel(q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, dstate_ptr, co
         qr_even, qr_odd = _rotate(q_even, q_odd, cos, sin, ROPE)
         g = _load_tile(do_ptr, offs_n, tok_mask, stride_gn, stride_gd, DV, BLOCK_DV).to(tl.float32)
         gc, dqr_even, dqr_odd, dden = _q_grad(q_even, q_odd, qr_even, qr_odd, g, s_even, s_odd, km_even, km_odd,
-                                              dot_dtype, STATE_F32, NORM, PRECISION, INTERPRET_BF16)
-        ds_even = tl.dot(tl.trans(_smma(qr_even, dot_dtype, STATE_F32, INTERPRET_BF16)), gc, ds_even,
+                                              dot_dtype, STATE_F32, NORM, PRECISION)
+        ds_even = tl.dot(tl.trans(_smma(qr_even, dot_dtype, STATE_F32)), gc, ds_even,
                          input_precision=PRECISION)
-        ds_odd = tl.dot(tl.trans(_smma(qr_odd, dot_dtype, STATE_F32, INTERPRET_BF16)), gc, ds_odd,
+        ds_odd = tl.dot(tl.trans(_smma(qr_odd, dot_dtype, STATE_F32)), gc, ds_odd,
                         input_precision=PRECISION)
         if NORM == 0:
             dkm_even += tl.sum(dden[:, None] * q_even, axis=0)
@@ -510,8 +490,7 @@ def _bwd_state_kernel(q_ptr, do_ptr, state_ptr, dq_ptr, part_ptr, dstate_ptr, co
                 dq_odd += dden[:, None] * km_odd[None, :]
             dq_even = dq_even * _feature_grad(q_even, FEATURE_ELU)
             dq_odd = dq_odd * _feature_grad(q_odd, FEATURE_ELU)
-            _store_pairs(dq_ptr, offs_n, tok_mask, stride_dqn, stride_dqd, dq_even, dq_odd, DK, BLOCK_N, BLOCK_DK,
-                         INTERPRET_BF16)
+            _store_pairs(dq_ptr, offs_n, tok_mask, stride_dqn, stride_dqd, dq_even, dq_odd, DK, BLOCK_N, BLOCK_DK)
     _store_or_reduce(part_ptr, dstate_ptr, count_ptr, bh, chunk, n_chunks, ds_even, ds_odd, dkm_even, dkm_odd,
                      DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_R)
 
@@ -527,15 +506,15 @@ def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q
                  DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
                  BLOCK_N: tl.constexpr, NORM: tl.constexpr, GATE: tl.constexpr, SHORTCUT: tl.constexpr,
                  LEPE: tl.constexpr, PARAM_SLOTS: tl.constexpr, STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr,
-                 LOAD_DO: tl.constexpr, PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+                 LOAD_DO: tl.constexpr, PRECISION: tl.constexpr):
     """The contributions of one value head to _bwd_kv_kernel's tile: stores dv[, dgate, dD part] and returns the
     updated sums over heads (dK~, sigma dksum[, dQ~, dden])."""
     dot_dtype = v_ptr.dtype.element_ty
     bh = (batch * num_heads + head).to(tl.int64)
     ds_even, ds_odd, dksum_even, dksum_odd = _load_state(dstate_ptr + bh * (DK * DV + DK), sigma,
                                                          DK, DV, BLOCK_DK, BLOCK_DV)
-    ds_even = _smma(ds_even, dot_dtype, STATE_F32, INTERPRET_BF16)
-    ds_odd = _smma(ds_odd, dot_dtype, STATE_F32, INTERPRET_BF16)
+    ds_even = _smma(ds_even, dot_dtype, STATE_F32)
+    ds_odd = _smma(ds_odd, dot_dtype, STATE_F32)
     dkm_even += dksum_even
     dkm_odd += dksum_odd
     v_head = v_ptr + batch.to(tl.int64) * stride_vb + head * stride_vh
@@ -545,7 +524,7 @@ def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q
         gate = _load_gate(gate_ptr + batch.to(tl.int64) * stride_sb + head * stride_sh, offs_n, tok_mask,
                           stride_sn, stride_sd, DV, BLOCK_DV, GATE)
         u = v.to(tl.float32) * gate
-    u = _smma(u, dot_dtype, STATE_F32, INTERPRET_BF16)
+    u = _smma(u, dot_dtype, STATE_F32)
     du = tl.dot(kr_even, ds_even, input_precision=PRECISION)
     du = tl.dot(kr_odd, ds_odd, du, input_precision=PRECISION)
     dkr_even = tl.dot(u, tl.trans(ds_even), dkr_even, input_precision=PRECISION)
@@ -555,11 +534,11 @@ def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q
         dv = du * gate
         dgate_head = dgate_ptr + batch.to(tl.int64) * stride_dsb + head * stride_dsh
         if GATE == 1:
-            dgate = _round_bf16(tl.sum(du * v.to(tl.float32), axis=1), INTERPRET_BF16)
+            dgate = tl.sum(du * v.to(tl.float32), axis=1)
             tl.store(dgate_head + offs_n * stride_dsn, dgate.to(dgate_ptr.dtype.element_ty), mask=tok_mask)
         else:
             _store_tile(dgate_head, du * v.to(tl.float32), offs_n, tok_mask, stride_dsn, stride_dsd,
-                        DV, BLOCK_DV, INTERPRET_BF16)
+                        DV, BLOCK_DV)
     if LOAD_DO:
         g = _load_tile(do_ptr + batch.to(tl.int64) * stride_gb + head * stride_gh, offs_n, tok_mask,
                        stride_gn, stride_gd, DV, BLOCK_DV).to(tl.float32)
@@ -593,14 +572,13 @@ def _bwd_kv_head(head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q
         if LEPE == 2:
             tl.store(param_part + 10 * slot, tl.sum(g, axis=0), mask=e_mask)
     _store_tile(dv_ptr + batch.to(tl.int64) * stride_dvb + head * stride_dvh, dv, offs_n, tok_mask,
-                stride_dvn, stride_dvd, DV, BLOCK_DV, INTERPRET_BF16)
+                stride_dvn, stride_dvd, DV, BLOCK_DV)
     if WRITE_DQ:
         s_even, s_odd, _, _ = _load_state(state_ptr + bh * (DK * DV + DK), sigma, DK, DV, BLOCK_DK, BLOCK_DV)
         _, dqr_even, dqr_odd, dden = _q_grad(q_even, q_odd, qr_even, qr_odd, g,
-                                             _smma(s_even, dot_dtype, STATE_F32, INTERPRET_BF16),
-                                             _smma(s_odd, dot_dtype, STATE_F32, INTERPRET_BF16),
-                                             km_even, km_odd, dot_dtype, STATE_F32, NORM, PRECISION,
-                                             INTERPRET_BF16)
+                                             _smma(s_even, dot_dtype, STATE_F32),
+                                             _smma(s_odd, dot_dtype, STATE_F32),
+                                             km_even, km_odd, dot_dtype, STATE_F32, NORM, PRECISION)
         dqr_sum_even += dqr_even
         dqr_sum_odd += dqr_odd
         dden_sum += dden
@@ -624,7 +602,7 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_p
                    BLOCK_N: tl.constexpr, FEATURE_ELU: tl.constexpr, ROPE: tl.constexpr, NORM: tl.constexpr,
                    GATE: tl.constexpr, SHORTCUT: tl.constexpr, LEPE: tl.constexpr, PARAM_SLOTS: tl.constexpr,
                    STATE_F32: tl.constexpr, WRITE_DQ: tl.constexpr, LOAD_DO: tl.constexpr, PRECISION: tl.constexpr,
-                   INTERPRET_BF16: tl.constexpr, FAST_SINCOS: tl.constexpr):
+                   FAST_SINCOS: tl.constexpr):
     """For one tile of tokens and heads_per_program value heads (1, or all of them when they share q / k):
         du_n = K~_n^T (sigma dS)     dv_n = s_n * du_n [+ D * do_n]     dgate_n = du_n . v_n (per head / channel)
         dk_n = (R^T sum_h (sigma dS_h) u_n + sum_h sigma dksum_h) * phi'(k_n)
@@ -647,8 +625,8 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_p
                                    FEATURE_ELU)
     cos, sin = _rope_cos_sin(offs_n, width, qk_head, qk_heads * DK, DK, BLOCK_DK, ROPE, FAST_SINCOS)
     kr_even, kr_odd = _rotate(k_even, k_odd, cos, sin, ROPE)
-    kr_even = _smma(kr_even, dot_dtype, STATE_F32, INTERPRET_BF16)
-    kr_odd = _smma(kr_odd, dot_dtype, STATE_F32, INTERPRET_BF16)
+    kr_even = _smma(kr_even, dot_dtype, STATE_F32)
+    kr_odd = _smma(kr_odd, dot_dtype, STATE_F32)
     dkr_even = tl.zeros((BLOCK_N, BLOCK_DK // 2), tl.float32)
     dkr_odd = tl.zeros((BLOCK_N, BLOCK_DK // 2), tl.float32)
     dkm_even = tl.zeros((BLOCK_DK // 2,), tl.float32)
@@ -682,7 +660,7 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_p
                 stride_gb, stride_gn, stride_gh, stride_gd, stride_dvb, stride_dvn, stride_dvh, stride_dvd,
                 stride_dsb, stride_dsn, stride_dsh, stride_dsd, num_heads, batch_heads,
                 DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, NORM, GATE, SHORTCUT, LEPE, PARAM_SLOTS, STATE_F32, WRITE_DQ,
-                LOAD_DO, PRECISION, INTERPRET_BF16)
+                LOAD_DO, PRECISION)
     else:
         dkr_even, dkr_odd, dkm_even, dkm_odd, dqr_sum_even, dqr_sum_odd, dden_sum = _bwd_kv_head(
             first_head, batch, tile, offs_n, tok_mask, kr_even, kr_odd, q_even, q_odd, qr_even, qr_odd,
@@ -693,15 +671,14 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_p
                 stride_gb, stride_gn, stride_gh, stride_gd, stride_dvb, stride_dvn, stride_dvh, stride_dvd,
                 stride_dsb, stride_dsn, stride_dsh, stride_dsd, num_heads, batch_heads,
                 DK, DV, BLOCK_DK, BLOCK_DV, BLOCK_N, NORM, GATE, SHORTCUT, LEPE, PARAM_SLOTS, STATE_F32, WRITE_DQ,
-                LOAD_DO, PRECISION, INTERPRET_BF16)
+                LOAD_DO, PRECISION)
     dk_even, dk_odd = _rotate_back(dkr_even, dkr_odd, cos, sin, ROPE)
     if NORM == 0:
         dk_even += dkm_even[None, :]
         dk_odd += dkm_odd[None, :]
     dk_even = dk_even * _feature_grad(k_even, FEATURE_ELU)
     dk_odd = dk_odd * _feature_grad(k_odd, FEATURE_ELU)
-    _store_pairs(dk_ptr, offs_n, tok_mask, stride_dkn, stride_dkd, dk_even, dk_odd, DK, BLOCK_N, BLOCK_DK,
-                 INTERPRET_BF16)
+    _store_pairs(dk_ptr, offs_n, tok_mask, stride_dkn, stride_dkd, dk_even, dk_odd, DK, BLOCK_N, BLOCK_DK)
     if WRITE_DQ:
         dq_even, dq_odd = _rotate_back(dqr_sum_even, dqr_sum_odd, cos, sin, ROPE)
         if NORM == 0:
@@ -709,8 +686,7 @@ def _bwd_kv_kernel(q_ptr, k_ptr, v_ptr, gate_ptr, do_ptr, shortcut_ptr, lepe_w_p
             dq_odd += dden_sum[:, None] * km_odd[None, :]
         dq_even = dq_even * _feature_grad(q_even, FEATURE_ELU)
         dq_odd = dq_odd * _feature_grad(q_odd, FEATURE_ELU)
-        _store_pairs(dq_ptr, offs_n, tok_mask, stride_dqn, stride_dqd, dq_even, dq_odd, DK, BLOCK_N, BLOCK_DK,
-                     INTERPRET_BF16)
+        _store_pairs(dq_ptr, offs_n, tok_mask, stride_dqn, stride_dqd, dq_even, dq_odd, DK, BLOCK_N, BLOCK_DK)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -753,7 +729,6 @@ def _config(dk: int, dv: int, dtype: torch.dtype):
                 # fp32 inputs ask for fp32 accuracy (tf32 would miss the fp32 tolerance); at AI ~ D/4 FLOP/B the
                 # fp32 dots still fit under the memory roofline. Other dtypes feed the tensor cores natively.
                 PRECISION='ieee' if dtype == torch.float32 else 'tf32',
-                INTERPRET_BF16=interpreted and dtype == torch.bfloat16,
                 # PTX inline assembly does not run in the interpreter (its tl.sin/tl.cos are numpy's).
                 FAST_SINCOS=not interpreted)
     return (meta, *_TILES[max(block_dk, block_dv), dtype.itemsize])
