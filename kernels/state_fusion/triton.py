@@ -52,6 +52,13 @@ def _tap(tap):
     return k * 9 + position, (position // 3 - 1) * dilation, (position % 3 - 1) * dilation
 
 
+@triton.jit
+def _clamped_source(row, col, row_offset, col_offset, height, width):
+    # The pixel a tap reads, clamped into the map (replicate padding), as a raster index.
+    return (tl.minimum(tl.maximum(row + row_offset, 0), height - 1) * width
+            + tl.minimum(tl.maximum(col + col_offset, 0), width - 1))
+
+
 @triton.jit(do_not_specialize=SIZES)
 def _state_fusion_fwd_kernel(h_ptr, w_ptr, c_ptr, d_ptr, u_ptr, y_ptr, channels, height, width, length,
                              BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -70,8 +77,7 @@ def _state_fusion_fwd_kernel(h_ptr, w_ptr, c_ptr, d_ptr, u_ptr, y_ptr, channels,
     for tap in range(25):
         column, row_offset, col_offset = _tap(tap)
         w = tl.load(w_ptr + channel * 27 + column, mask=channel_mask, other=0.0)
-        src = (tl.minimum(tl.maximum(row + row_offset, 0), height - 1) * width
-               + tl.minimum(tl.maximum(col + col_offset, 0), width - 1))
+        src = _clamped_source(row, col, row_offset, col_offset, height, width)
         states = tl.load(h_ptr + planes + src[None, :], mask=mask, other=0.0)
         fused += w[:, None] * states.to(tl.float32)
     c = tl.load(c_ptr + batch.to(tl.int64) * length + tokens, mask=token_mask, other=0.0)
@@ -116,8 +122,7 @@ def _state_fusion_bwd_kernel(h_ptr, w_ptr, c_ptr, d_ptr, u_ptr, dy_ptr,
         for tap in range(25):
             column, row_offset, col_offset = _tap(tap)
             w = tl.load(w_ptr + channel * 27 + column, mask=channel_mask, other=0.0)
-            src = (tl.minimum(tl.maximum(row + row_offset, 0), height - 1) * width
-                   + tl.minimum(tl.maximum(col + col_offset, 0), width - 1))
+            src = _clamped_source(row, col, row_offset, col_offset, height, width)
             states = tl.load(h_ptr + planes + src[None, :], mask=mask, other=0.0).to(tl.float32)
             fused += w[:, None] * states
             dw_acc += tl.where(tap_ids == column, tl.sum(g * states, axis=1)[:, None], 0.0)
