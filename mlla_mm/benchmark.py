@@ -74,8 +74,8 @@ def environment(device: torch.device) -> dict:
     cpu = platform.machine()
     if os.path.isfile('/proc/cpuinfo'):
         cpu = next((line.split(':')[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')), cpu)
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu} ({os.cpu_count()} cores)'
-    return dict(device=name, device_type=device.type, commit=get_git_hash(fallback=None),
+    device_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{cpu} ({os.cpu_count()} cores)'
+    return dict(device=device_name, device_type=device.type, commit=get_git_hash(fallback=None),
                 torch_threads=torch.get_num_threads(),
                 versions={**{name: versions.get(name) for name in VERSIONS}, 'torch': torch.__version__},
                 env={k: str(v) for k, v in collect_env().items() if k != 'PyTorch compiling details'})
